@@ -1,0 +1,1 @@
+"""Datasets (GTA5, SYNTHIA, Cityscapes, the embedded MiniCity benchmark), transforms, sampling."""

@@ -1,0 +1,82 @@
+"""The one dataset interface every domain implements (GTA5, SYNTHIA, Cityscapes, MiniCity).
+
+A sample is a dict:
+  ``image``: float32 tensor (3, H, W), RGB in [0, 1]. Normalisation belongs to the model
+             (DeepLabV2 subtracts a BGR mean, MiT uses ImageNet mean/std), so that mixing and
+             photometric augmentation act on plain images.
+  ``label``: int64 tensor (H, W) of Cityscapes trainIds, 255 = ignore. Present only when the
+             dataset was built with ``with_labels=True``; target-domain training sets are
+             built without, so target labels can never reach a training step.
+  ``name``:  str, the sample's id (relative image path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gbw.data.classes import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
+
+Sample = dict[str, object]
+Transform = Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """Where one sample lives on disk."""
+
+    name: str
+    image: Path
+    label: Path | None
+
+
+class SegmentationDataset(Dataset):
+    """A list of (image, label) files read as uint8 RGB + trainId arrays, then transformed.
+
+    Subclasses fill ``self.samples`` and implement :meth:`read_label` (raw file -> trainIds).
+    ``transform`` takes and returns ``(image HxWx3 uint8, label HxW uint8 | None)``.
+    """
+
+    CLASSES: tuple[str, ...] = CITYSCAPES_CLASSES
+    NUM_CLASSES: int = NUM_CLASSES
+    IGNORE_INDEX: int = IGNORE_INDEX
+
+    def __init__(self, samples: Sequence[SampleFiles], *, with_labels: bool = True,
+                 transform: Transform | None = None) -> None:
+        self.samples = list(samples)
+        self.with_labels = with_labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_image(self, path: Path) -> np.ndarray:
+        from gbw.data.io import read_rgb
+
+        return read_rgb(path)
+
+    def read_label(self, path: Path) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        files = self.samples[index]
+        image = self.read_image(files.image)
+        label = None
+        if self.with_labels:
+            if files.label is None:
+                raise ValueError(f"{type(self).__name__}: sample {files.name!r} has no label file")
+            label = self.read_label(files.label)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        out: Sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0,
+            "name": files.name,
+        }
+        if label is not None:
+            out["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        return out
