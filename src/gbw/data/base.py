@@ -46,8 +46,13 @@ class SegmentationDataset(Dataset):
     NUM_CLASSES: int = NUM_CLASSES
     IGNORE_INDEX: int = IGNORE_INDEX
 
-    def __init__(self, samples: Sequence[SampleFiles], *, with_labels: bool = True,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[SampleFiles],
+        *,
+        with_labels: bool = True,
+        transform: Transform | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.with_labels = with_labels
         self.transform = transform
@@ -63,7 +68,12 @@ class SegmentationDataset(Dataset):
     def read_label(self, path: Path) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> Sample:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode sample ``index`` before any transform: ((H, W, 3) uint8 RGB, (H, W) uint8 | None).
+
+        Split from :meth:`__getitem__` so that rare-class sampling can re-run a random crop on
+        the same decoded arrays without reading the files again.
+        """
         files = self.samples[index]
         image = self.read_image(files.image)
         label = None
@@ -71,12 +81,30 @@ class SegmentationDataset(Dataset):
             if files.label is None:
                 raise ValueError(f"{type(self).__name__}: sample {files.name!r} has no label file")
             label = self.read_label(files.label)
+            if label.shape[:2] != image.shape[:2]:
+                raise ValueError(
+                    f"{files.label}: size {label.shape[1]}x{label.shape[0]} does not match image "
+                    f"{image.shape[1]}x{image.shape[0]}"
+                )
+        return image, label
+
+    def make_sample(self, index: int, image: np.ndarray, label: np.ndarray | None) -> Sample:
+        """Transform decoded arrays and convert them to the sample dict of the module docstring."""
         if self.transform is not None:
             image, label = self.transform(image, label)
+        return self.to_sample(self.samples[index].name, image, label)
+
+    @staticmethod
+    def to_sample(name: str, image: np.ndarray, label: np.ndarray | None) -> Sample:
+        """Arrays -> the sample dict: float32 (3, H, W) image in [0, 1], int64 (H, W) label."""
         out: Sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0,
-            "name": files.name,
+            "name": name,
         }
         if label is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
         return out
+
+    def __getitem__(self, index: int) -> Sample:
+        image, label = self.load(index)
+        return self.make_sample(index, image, label)

@@ -1,0 +1,264 @@
+"""What GBW costs on top of the plain loss, on B x C x S x S logits (default 2 x 19 x 512 x 512).
+
+Measures, interleaving the cases round by round so that machine noise hits all alike:
+  * plain cross-entropy forward + backward (``F.cross_entropy``), the baseline;
+  * GBW weights + weighted CE forward + backward (``GBW.cross_entropy``, shared softmax) for
+    the paper's ``class`` variant, the authors' ``channel`` variant and the authors' preset;
+  * the weights alone (gradient signal + QP);
+  * the QP solve: ours (on the device, and on the CPU) against quadprog (independent active-set
+    solver) and cvxopt (the authors' solver) when installed;
+  * peak memory of each loss case (CUDA: allocator peak above the inputs; CPU: peak RSS of a
+    fresh subprocess above its inputs).
+
+Usage: python benchmarks/gbw_overhead.py [--device cuda] [--batch 2] [--size 512] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import gbw
+
+LOSS_CASES = ("plain CE", "GBW class", "GBW channel", "GBW authors")
+
+
+def make_inputs(batch: int, classes: int, size: int, device: str, seed: int = 0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(batch, classes, size, size, generator=gen).to(device).requires_grad_(True)
+    y = torch.randint(0, classes, (batch, size, size), generator=gen)
+    y[:, : size // 16] = 255  # some ignored rows, as pseudo-label margins make
+    return z, y.to(device)
+
+
+def loss_fns(classes: int) -> dict[str, Callable]:
+    strategies = {
+        "GBW class": gbw.GBW(classes),
+        "GBW channel": gbw.GBW(classes, variant="channel"),
+        "GBW authors": gbw.GBW.authors(classes),
+    }
+    fns: dict[str, Callable] = {
+        "plain CE": lambda z, y: F.cross_entropy(z, y, ignore_index=255).backward()
+    }
+    for name, s in strategies.items():
+        fns[name] = lambda z, y, s=s: s.cross_entropy(z, y).backward()
+    return fns
+
+
+def weight_fns(classes: int) -> dict[str, Callable]:
+    c, ch = gbw.GBW(classes), gbw.GBW(classes, variant="channel")
+    return {
+        "weights only, class": lambda z, y: c.weights(z.detach(), y),
+        "weights only, channel": lambda z, y: ch.weights(z.detach(), y),
+    }
+
+
+def timer(device: str) -> Callable[[Callable[[], object]], float]:
+    def run(fn: Callable[[], object]) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+
+    return run
+
+
+def time_cases(
+    cases: dict[str, Callable[[], object]], device: str, rounds: int
+) -> dict[str, float]:
+    run = timer(device)
+    for fn in cases.values():  # warm-up
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            samples[k].append(run(fn))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def qp_cases(classes: int, device: str) -> dict[str, Callable[[], object]]:
+    rng = np.random.default_rng(0)
+    g_np = rng.random(classes) * 1e-4
+    g_dev = torch.tensor(g_np, device=device, dtype=torch.float32)
+    g_cpu = torch.tensor(g_np)
+    cases: dict[str, Callable[[], object]] = {
+        f"ours, exact sort ({device})": lambda: gbw.solve_class_weights(g_dev, 1.0),
+        "ours, exact sort (cpu)": lambda: gbw.solve_class_weights(g_cpu, 1.0),
+    }
+    if device == "cuda":
+        # what a CPU solver costs inside a GPU step: copy g to the host (a sync) and back
+        cases["ours on cpu + GPU round trip"] = lambda: gbw.solve_class_weights(
+            g_dev.cpu(), 1.0
+        ).to(device, non_blocking=True)
+    try:
+        import quadprog
+
+        cons = np.hstack([np.ones((classes, 1)), np.eye(classes)])
+        b = np.hstack([[classes], np.zeros(classes)])
+        eye2 = 2.0 * np.eye(classes)
+        cases["quadprog (active set)"] = lambda: quadprog.solve_qp(eye2, g_np, cons, b, meq=1)
+    except ImportError:
+        pass
+    try:
+        import cvxopt
+        import cvxopt.solvers
+
+        cvxopt.solvers.options.update(show_progress=False, maxiters=20, abstol=1e-4)
+        P = cvxopt.matrix(2.0 * np.eye(classes))
+        q = cvxopt.matrix(-g_np)
+        G = cvxopt.matrix(-np.eye(classes))
+        h = cvxopt.matrix(np.zeros(classes))
+        A = cvxopt.matrix(np.ones((1, classes)))
+        bb = cvxopt.matrix(np.array([float(classes)]))
+        cases["cvxopt (authors' solver)"] = lambda: cvxopt.solvers.qp(P, q, G, h, A, bb)
+    except ImportError:
+        pass
+    return cases
+
+
+def qp_agreement(classes: int) -> str:
+    """Largest |ours - quadprog| over 200 random g, as a sanity line."""
+    try:
+        import quadprog
+    except ImportError:
+        return "quadprog not installed"
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    cons = np.hstack([np.ones((classes, 1)), np.eye(classes)])
+    b = np.hstack([[classes], np.zeros(classes)])
+    for _ in range(200):
+        g = rng.random(classes) * 10 ** rng.uniform(-6, 1)
+        ref = quadprog.solve_qp(np.eye(classes), g / 2.0, cons, b, meq=1)[0]
+        worst = max(
+            worst, float(np.abs(gbw.solve_class_weights(torch.tensor(g)).numpy() - ref).max())
+        )
+    return f"max |ours - quadprog| over 200 random g (C={classes}): {worst:.1e}"
+
+
+def peak_memory_cuda(args: argparse.Namespace) -> dict[str, float]:
+    out = {}
+    fns = loss_fns(args.classes)
+    for name in LOSS_CASES:
+        z, y = make_inputs(args.batch, args.classes, args.size, "cuda")
+        fns[name](z, y)
+        z.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fns[name](z, y)
+        torch.cuda.synchronize()
+        out[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        del z, y
+    return out
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_cpu(args: argparse.Namespace) -> dict[str, float]:
+    out = {}
+    for name in LOSS_CASES:
+        cmd = [sys.executable, __file__, "--_mem-case", name, "--batch", str(args.batch),
+               "--size", str(args.size), "--classes", str(args.classes)]  # fmt: skip
+        # mmap every large block so freed memory goes back to the OS and the peak RSS of the
+        # case is not hidden behind memory glibc kept from start-up
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        out[name] = float(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _mem_case(args: argparse.Namespace) -> None:
+    z, y = make_inputs(args.batch, args.classes, args.size, "cpu")
+    z.grad = torch.zeros_like(z)  # the gradient buffer counts as input, as on the GPU
+    base = _maxrss_mib()
+    loss_fns(args.classes)[args._mem_case](z, y)
+    print(_maxrss_mib() - base)
+
+
+def hardware(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--classes", type=int, default=19)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=0, help="timing rounds (default: 50 GPU, 15 CPU)")
+    p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--json", default=None, help="also write raw numbers as JSON")
+    p.add_argument("--_mem-case", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._mem_case:
+        _mem_case(args)
+        return
+    rounds = args.rounds or (50 if args.device == "cuda" else 15)
+    z, y = make_inputs(args.batch, args.classes, args.size, args.device)
+
+    def bind(fns: dict[str, Callable]) -> dict[str, Callable[[], object]]:
+        return {k: (lambda f=f: f(z, y)) for k, f in fns.items()}
+
+    loss_ms = time_cases(bind(loss_fns(args.classes)), args.device, rounds)
+    weights_ms = time_cases(bind(weight_fns(args.classes)), args.device, rounds)
+    qp_us = {k: v * 1e3 for k, v in time_cases(qp_cases(args.classes, args.device), args.device,
+                                                 max(rounds, 100)).items()}  # fmt: skip
+    mem = peak_memory_cuda(args) if args.device == "cuda" else peak_memory_cpu(args)
+    base = loss_ms["plain CE"]
+    shape = f"{args.batch} x {args.classes} x {args.size} x {args.size}"
+    lines = [
+        f"### GBW overhead, {shape} logits, {args.device} ({hardware(args.device)})",
+        f"{dt.date.today().isoformat()}, torch {torch.__version__}, {rounds} interleaved rounds, "
+        "median; float32 logits.",
+        "",
+        "| case (forward + backward) | ms | x plain CE | peak extra memory (MiB) |",
+        "|---|---|---|---|",
+    ]
+    for k in LOSS_CASES:
+        lines.append(f"| {k} | {loss_ms[k]:.2f} | {loss_ms[k] / base:.2f} | {mem[k]:.0f} |")
+    for k, v in weights_ms.items():
+        lines.append(f"| {k} (no loss) | {v:.2f} | {v / base:.2f} | - |")
+    lines += ["", f"| QP solve, C = {args.classes} | us per solve |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in qp_us.items()]
+    lines += ["", qp_agreement(args.classes)]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"loss_ms": loss_ms, "weights_ms": weights_ms, "qp_us": qp_us,
+                       "peak_mib": mem, "device": hardware(args.device), "shape": shape}, f,
+                      indent=1)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
