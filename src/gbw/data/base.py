@@ -97,12 +97,16 @@ class SegmentationDataset(Dataset):
     @staticmethod
     def to_sample(name: str, image: np.ndarray, label: np.ndarray | None) -> Sample:
         """Arrays -> the sample dict: float32 (3, H, W) image in [0, 1], int64 (H, W) label."""
+        image = np.ascontiguousarray(image)
+        if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on those
+            image = image.copy()
         out: Sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0,
+            "image": torch.from_numpy(image).permute(2, 0, 1).float() / 255.0,
             "name": name,
         }
         if label is not None:
-            out["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+            # The int64 conversion copies, so read-only decoder output is fine here.
+            out["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
         return out
 
     def __getitem__(self, index: int) -> Sample:

@@ -1,0 +1,169 @@
+"""The ``gbw data`` command: ``prepare`` and ``check`` the real datasets.
+
+``register(subparsers)`` adds it to the main CLI; each sub-command sets ``func``, which takes the
+parsed arguments and returns the exit code (0 fine, 1 problems found, 2 wrong usage or root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gbw.data.real import DATASET_NAMES, dataset_class
+
+_LAYOUTS = """\
+expected layouts (as in DAFormer, HRDA and MIC):
+  data/gta/images/<id>.png, data/gta/labels/<id>.png                 (GTA5, 24,966 images)
+  data/synthia/RGB/<id>.png, data/synthia/GT/LABELS/<id>.png         (SYNTHIA-RAND-CITYSCAPES,
+                                                                      9,400 images)
+  data/cityscapes/leftImg8bit/{train,val}/<city>/<id>_leftImg8bit.png
+  data/cityscapes/gtFine/{train,val}/<city>/<id>_gtFine_labelIds.png (Cityscapes, 2,975 / 500)
+"""
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data {prepare,check}`` to the CLI's sub-command parsers."""
+    data = subparsers.add_parser(
+        "data",
+        help="prepare and check the real datasets (GTA5, SYNTHIA, Cityscapes)",
+        description="Prepare and check GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes on disk.",
+        epilog=_LAYOUTS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="{prepare,check}", required=True)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="write trainId label PNGs and per-image class statistics (resumable)",
+        description=(
+            "Write <label>_labelTrainIds.png next to every raw label (Cityscapes trainIds, "
+            "255 = ignore) and per-image class pixel counts to <root>/gbw_class_stats_<split>.json "
+            "(used by rare-class sampling and the inverse-frequency baselines). Resumable: a "
+            "killed run continues where it stopped; a second run does no work."
+        ),
+        epilog=_LAYOUTS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument("dataset", choices=DATASET_NAMES, help="which dataset")
+    prepare.add_argument(
+        "--root", type=Path, default=None, help="dataset root (default: data/<dataset>)"
+    )
+    prepare.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=_default_workers(),
+        help="processes converting labels in parallel (default: %(default)s)",
+    )
+    prepare.add_argument(
+        "--force", action="store_true", help="redo every label, even those already prepared"
+    )
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.set_defaults(func=run_prepare)
+
+    check = commands.add_parser(
+        "check",
+        help="check layout, counts, pairing, sizes and label values; non-zero exit on problems",
+        description=(
+            "Decode every image and label and report each problem with the file it is about: "
+            "wrong root, image counts, missing or orphan labels, size mismatches, corrupt files, "
+            "label formats and unknown label ids. Exits 1 when anything is wrong."
+        ),
+        epilog=_LAYOUTS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("dataset", choices=DATASET_NAMES, help="which dataset")
+    check.add_argument(
+        "--root", type=Path, default=None, help="dataset root (default: data/<dataset>)"
+    )
+    check.add_argument(
+        "--subset",
+        action="store_true",
+        help="the tree is a partial copy: fewer images than the official count are fine",
+    )
+    check.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="decode only the first N images of each split (counts are still checked)",
+    )
+    check.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=_default_workers(),
+        help="processes decoding in parallel (default: %(default)s)",
+    )
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=run_check)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """``gbw data prepare``: returns 0 when every label was prepared, 1 on failures, 2 on a
+    wrong root."""
+    from gbw.data.prepare import prepare_dataset
+
+    cls = dataset_class(args.dataset)
+    root = args.root if args.root is not None else Path(cls.DEFAULT_ROOT)
+    try:
+        reports = prepare_dataset(
+            args.dataset,
+            root,
+            workers=args.workers,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    for r in reports:
+        print(
+            f"{cls.NAME} {r.split}: {r.total} labels, {r.converted} converted, "
+            f"{r.reused} already prepared, {len(r.failures)} failed"
+        )
+        for name, ids in sorted(r.unknown_ids.items()):
+            print(f"  warning: {name}: unknown label id(s) {ids} mapped to ignore (255)")
+        for name, ids in sorted(r.ignored_ids.items()):
+            print(f"  note: {name}: id(s) {ids} present, mapped to ignore (255)")
+        if r.failures:
+            failed = True
+            for msg in r.failures:
+                print(f"  error: {msg}")
+            print(
+                f"  class statistics not written; fix the files above and run the command "
+                f"again (finished labels are kept), or `gbw data check {cls.NAME} --root {root}`"
+            )
+        elif r.stats_written:
+            print(f"  class statistics -> {r.stats_file}")
+        else:
+            print(f"  class statistics up to date: {r.stats_file}")
+    return 1 if failed else 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``gbw data check``: prints the report; 0 when the tree is fine, 1 otherwise."""
+    from gbw.data.check import check_dataset
+
+    report = check_dataset(
+        args.dataset,
+        args.root,
+        subset=args.subset,
+        limit=args.limit,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(report.format())
+    return 0 if report.ok else 1
