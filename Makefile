@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/gbw_overhead.py
+	$(VENV)/bin/gbw bench overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

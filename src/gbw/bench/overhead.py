@@ -10,7 +10,8 @@ Measures, interleaving the cases round by round so that machine noise hits all a
   * peak memory of each loss case (CUDA: allocator peak above the inputs; CPU: peak RSS of a
     fresh subprocess above its inputs).
 
-Usage: python benchmarks/gbw_overhead.py [--device cuda] [--batch 2] [--size 512] [--out FILE]
+Usage: gbw bench overhead [--device cuda] [--batch 2] [--size 512] [--out FILE]
+   or: python benchmarks/gbw_overhead.py [same options]
 """
 
 from __future__ import annotations
@@ -176,8 +177,19 @@ def _maxrss_mib() -> float:
 def peak_memory_cpu(args: argparse.Namespace) -> dict[str, float]:
     out = {}
     for name in LOSS_CASES:
-        cmd = [sys.executable, __file__, "--_mem-case", name, "--batch", str(args.batch),
-               "--size", str(args.size), "--classes", str(args.classes)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "gbw.bench.overhead",
+            "--_mem-case",
+            name,
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--classes",
+            str(args.classes),
+        ]
         # mmap every large block so freed memory goes back to the OS and the peak RSS of the
         # case is not hidden behind memory glibc kept from start-up
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -206,8 +218,7 @@ def hardware(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--classes", type=int, default=19)
@@ -216,7 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     p.add_argument("--json", default=None, help="also write raw numbers as JSON")
     p.add_argument("--_mem-case", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(p)
+    run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
     if args._mem_case:
         _mem_case(args)
         return
@@ -228,8 +247,12 @@ def main(argv: list[str] | None = None) -> None:
 
     loss_ms = time_cases(bind(loss_fns(args.classes)), args.device, rounds)
     weights_ms = time_cases(bind(weight_fns(args.classes)), args.device, rounds)
-    qp_us = {k: v * 1e3 for k, v in time_cases(qp_cases(args.classes, args.device), args.device,
-                                                 max(rounds, 100)).items()}  # fmt: skip
+    qp_us = {
+        k: v * 1e3
+        for k, v in time_cases(
+            qp_cases(args.classes, args.device), args.device, max(rounds, 100)
+        ).items()
+    }
     mem = peak_memory_cuda(args) if args.device == "cuda" else peak_memory_cpu(args)
     base = loss_ms["plain CE"]
     shape = f"{args.batch} x {args.classes} x {args.size} x {args.size}"
@@ -255,9 +278,18 @@ def main(argv: list[str] | None = None) -> None:
             f.write(text + "\n\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"loss_ms": loss_ms, "weights_ms": weights_ms, "qp_us": qp_us,
-                       "peak_mib": mem, "device": hardware(args.device), "shape": shape}, f,
-                      indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "loss_ms": loss_ms,
+                    "weights_ms": weights_ms,
+                    "qp_us": qp_us,
+                    "peak_mib": mem,
+                    "device": hardware(args.device),
+                    "shape": shape,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -36,15 +36,15 @@ class GBWCrossEntropy(nn.Module):
         **kwargs: object,
     ) -> None:
         super().__init__()
-        self.weighting = GBW(num_classes, lam, variant, scale, present_only, ignore_index,
-                             **kwargs)  # fmt: skip
+        self.weighting = GBW(num_classes, lam, variant, scale, present_only, ignore_index, **kwargs)
         self.reduction = reduction
         self.upsample = upsample
 
     def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
         if self.upsample and logits.dim() == 4 and logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
-                                   align_corners=False)  # fmt: skip
+            logits = F.interpolate(
+                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+            )
         return self.weighting.cross_entropy(logits, target, pixel_weight, self.reduction)
 
     @property

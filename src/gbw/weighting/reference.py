@@ -36,9 +36,12 @@ def autograd_grad_sqnorms(
 
 
 def per_class_ce(
-    z: Tensor, target: Tensor, pixel_weight: Tensor | None = None, ignore_index: int = 255,
+    z: Tensor,
+    target: Tensor,
+    pixel_weight: Tensor | None = None,
+    ignore_index: int = 255,
     count_offset: float = 0,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """lbar_c = sum_{i: y_i = c} w_i CE_i / (n_c + count_offset), written the plain way."""
     num_classes = z.shape[1]
     logp = torch.log_softmax(z, dim=1)

@@ -213,9 +213,13 @@ class GBW(_QPWeighting):
         sync: bool = True,
     ) -> None:
         super().__init__(
-            num_classes, lam, scale=scale, present_only=present_only,
-            ignore_index=ignore_index, sync=sync,
-        )  # fmt: skip
+            num_classes,
+            lam,
+            scale=scale,
+            present_only=present_only,
+            ignore_index=ignore_index,
+            sync=sync,
+        )
         check_variant(variant)
         self.variant = variant
         self.count_offset = count_offset
@@ -224,18 +228,31 @@ class GBW(_QPWeighting):
     @classmethod
     def authors(cls, num_classes: int = 19, lam: float = 1.0, **kwargs: Any) -> GBW:
         """The configuration of the authors' public code (METHOD.md section 1)."""
-        return cls(num_classes, lam, variant="channel", scale="none", count_offset=1,
-                   use_pixel_weight=False, **kwargs)  # fmt: skip
+        return cls(
+            num_classes,
+            lam,
+            variant="channel",
+            scale="none",
+            count_offset=1,
+            use_pixel_weight=False,
+            **kwargs,
+        )
 
-    def _weights(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None,
-                 probs: Tensor | None) -> Tensor:  # fmt: skip
+    def _weights(
+        self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None, probs: Tensor | None
+    ) -> Tensor:
         self._check_classes(logits)
         g, counts = class_grad_sqnorms(
-            logits, target, ignore_index=self.ignore_index,
+            logits,
+            target,
+            ignore_index=self.ignore_index,
             pixel_weight=pixel_weight if self.use_pixel_weight else None,
-            variant=self.variant, count_offset=self.count_offset, probs=probs,
-            sync=self.sync, return_counts=True,
-        )  # fmt: skip
+            variant=self.variant,
+            count_offset=self.count_offset,
+            probs=probs,
+            sync=self.sync,
+            return_counts=True,
+        )
         self.last_counts = counts
         return self._solve(g, counts > 0)
 
@@ -244,12 +261,18 @@ class GBW(_QPWeighting):
 
     def entropy_weights(self, logits: Tensor, valid_mask: Tensor | None = None) -> Tensor:
         self._check_classes(logits)
-        g = entropy_grad_sqnorms(logits, valid_mask=valid_mask, variant=self.variant,
-                                 sync=self.sync)  # fmt: skip
+        g = entropy_grad_sqnorms(
+            logits, valid_mask=valid_mask, variant=self.variant, sync=self.sync
+        )
         return self._solve(g, torch.ones_like(g, dtype=torch.bool))
 
-    def cross_entropy(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None,
-                      reduction: str = "mean") -> Tensor:  # fmt: skip
+    def cross_entropy(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        pixel_weight: Tensor | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
         # One softmax serves the weights and the loss (value and backward), so GBW costs
         # little more than the plain loss (benchmarks/gbw_overhead.py).
         z = flatten_logits(logits)
@@ -260,8 +283,9 @@ class GBW(_QPWeighting):
         p = logp.exp_()  # in place: log-probabilities are not needed any more
         del logp
         v = self._weights(logits, target, pixel_weight, p)
-        return cross_entropy_from_probs(logits, target, p, logp_y, v, pixel_weight,
-                                        self.ignore_index, reduction)  # fmt: skip
+        return cross_entropy_from_probs(
+            logits, target, p, logp_y, v, pixel_weight, self.ignore_index, reduction
+        )
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", variant={self.variant!r})"
@@ -323,8 +347,9 @@ class InverseFrequency(ClassWeighting):
     never seen get the neutral weight 1.
     """
 
-    def __init__(self, class_stats: Tensor | np.ndarray, level: str = "image",
-                 ignore_index: int = 255) -> None:  # fmt: skip
+    def __init__(
+        self, class_stats: Tensor | np.ndarray, level: str = "image", ignore_index: int = 255
+    ) -> None:
         if level not in ("image", "pixel"):
             raise ValueError(f"level must be 'image' or 'pixel', got {level!r}")
         stats = torch.as_tensor(np.asarray(class_stats), dtype=torch.float64)
@@ -370,18 +395,25 @@ class Focal(ClassWeighting):
         super().__init__(num_classes, ignore_index)
         self.gamma = gamma
 
-    def cross_entropy(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None,
-                      reduction: str = "mean") -> Tensor:  # fmt: skip
+    def cross_entropy(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        pixel_weight: Tensor | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
         self._ones(logits)
-        return focal_loss(logits, target, self.gamma, None, pixel_weight, self.ignore_index,
-                          reduction)  # fmt: skip
+        return focal_loss(
+            logits, target, self.gamma, None, pixel_weight, self.ignore_index, reduction
+        )
 
 
 WEIGHTINGS = ("none", "gbw", "gbw_authors", "lbw", "if", "pf", "focal")
 
 
-def make_weighting(name: str, num_classes: int, *, class_stats: Any = None,
-                   ignore_index: int = 255, **kwargs: Any) -> ClassWeighting:  # fmt: skip
+def make_weighting(
+    name: str, num_classes: int, *, class_stats: Any = None, ignore_index: int = 255, **kwargs: Any
+) -> ClassWeighting:
     """Build a strategy by config name: none | gbw | gbw_authors | lbw | if | pf | focal.
 
     ``kwargs`` go to the strategy (e.g. ``lam``, ``variant``, ``scale`` for gbw; ``gamma`` for

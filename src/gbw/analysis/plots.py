@@ -1,0 +1,142 @@
+"""The paper's analysis figures, drawn from run logs (matplotlib, Agg backend).
+
+* :func:`weights_over_time` - per-class GBW weights along training (paper Fig. 2);
+* :func:`max_weight_vs_frequency` - maximum weight vs source pixel share (Fig. 6a);
+* :func:`weight_std_vs_gain` - weight variability vs IoU gain (Fig. 6b);
+* :func:`qualitative` - image, ground truth, prediction without / with GBW (Fig. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from gbw.data.classes import CITYSCAPES_PALETTE
+
+
+def _colour(c: int) -> tuple[float, float, float]:
+    r, g, b = CITYSCAPES_PALETTE[c]
+    return (r / 255, g / 255, b / 255)
+
+
+def weights_over_time(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    class_ids: Sequence[int],
+    names: Sequence[str],
+    out: str | Path,
+    title: str,
+) -> Path:
+    """One line per class: the mean weight of each logging interval against the step."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for c in class_ids:
+        pts = series.get(names[c])
+        if not pts:
+            continue
+        steps, vals = zip(*pts)
+        ax.plot(steps, vals, label=names[c], color=_colour(c), lw=1.6)
+    ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("class weight $v_c$ (interval mean)")
+    ax.set_title(title)
+    ax.legend(ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def max_weight_vs_frequency(
+    max_weight: Mapping[int, float],
+    source_share: Mapping[int, float],
+    names: Sequence[str],
+    out: str | Path,
+    title: str,
+) -> Path:
+    """Scatter of each class's maximum weight over training against its source pixel share."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ids = [c for c in max_weight if c in source_share and source_share[c] > 0]
+    x = np.array([source_share[c] for c in ids])
+    y = np.array([max_weight[c] for c in ids])
+    for c, xi, yi in zip(ids, x, y):
+        ax.scatter(xi, yi, color=_colour(c), edgecolor="k", lw=0.4, s=40)
+        ax.annotate(names[c], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("source pixel share (%)")
+    ax.set_ylabel("maximum GBW weight")
+    if len(ids) > 2:
+        rho = _spearman(x, y)
+        title = f"{title}\nSpearman rho = {rho:+.2f}"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def weight_std_vs_gain(
+    std: Mapping[int, float],
+    gain: Mapping[int, float],
+    names: Sequence[str],
+    out: str | Path,
+    title: str,
+) -> Path:
+    """Scatter of each class's weight standard deviation against its IoU gain (points)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ids = [c for c in std if c in gain and np.isfinite(gain[c])]
+    x = np.array([std[c] for c in ids])
+    y = np.array([gain[c] for c in ids])
+    for c, xi, yi in zip(ids, x, y):
+        ax.scatter(xi, yi, color=_colour(c), edgecolor="k", lw=0.4, s=40)
+        ax.annotate(names[c], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("std of the class weight over training")
+    ax.set_ylabel("IoU gain with GBW (points)")
+    if len(ids) > 2:
+        title = f"{title}\nSpearman rho = {_spearman(x, y):+.2f}"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def qualitative(
+    images: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    preds: Mapping[str, Sequence[np.ndarray]],
+    out: str | Path,
+) -> Path:
+    """Rows of image | ground truth | one column per prediction set (colourised trainIds)."""
+    from gbw.engine.predict import colorize
+
+    cols = 2 + len(preds)
+    rows = len(images)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 1.9 * rows), squeeze=False)
+    titles = ["image", "ground truth", *preds]
+    for r in range(rows):
+        panels = [images[r], colorize(gts[r])] + [colorize(p[r]) for p in preds.values()]
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

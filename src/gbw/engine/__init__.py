@@ -1,0 +1,1 @@
+"""Training engine: loop, data order, evaluation, checkpoints, logs."""

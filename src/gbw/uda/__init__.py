@@ -1,0 +1,1 @@
+"""UDA methods (one file each) and the blocks they share."""

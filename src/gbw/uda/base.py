@@ -1,0 +1,121 @@
+"""What every UDA method is: an ``nn.Module`` with a ``training_step`` that reads like its paper.
+
+The engine owns devices, DDP, precision, optimiser steps' scheduling and checkpoints. A method
+owns its networks (``self.model`` and any discriminator or teacher), says which ones are
+optimised and how (:meth:`configure_optimizers`), and writes one training iteration:
+forward passes, losses, ``step.backward(loss)`` calls and optimiser steps. Every loss term
+that takes class weights gets its own strategy from ``self.weighting(term)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gbw.config import ExperimentConfig, OptimConfig
+from gbw.weighting import ClassWeighting
+
+Batch = dict[str, Any]  # "image" (B,3,H,W) in [0,1], "label" (B,H,W) when labelled
+
+
+@dataclass
+class Step:
+    """What a method may use during one iteration (handed in by the engine)."""
+
+    index: int  # 0-based iteration number
+    backward: Callable[[Tensor], None]  # precision- and DDP-aware backward
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    max_iters: int = 1
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over the module's parameter groups (head at ``lr * head_lr_mult``)."""
+    if hasattr(module, "param_groups"):
+        groups = module.param_groups(cfg.lr, cfg.head_lr_mult)
+    else:
+        groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": cfg.lr}]
+    groups = [g for g in groups if len(list(g["params"])) > 0]
+    fused = {"fused": True} if cfg.fused else {}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused
+        )
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(
+            groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **fused
+        )
+    raise ValueError(f"optim.name must be sgd, adamw or adam, got {cfg.name!r}")
+
+
+def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of logits to a label's size (align_corners=False, as mmseg)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class UDAMethod(nn.Module):
+    """Base class. Subclasses set ``Config`` (a dataclass) and implement ``training_step``."""
+
+    Config: type = dict
+    name = "base"
+    uses_target = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Any,
+        exp: ExperimentConfig,
+        weighting: Callable[[str], ClassWeighting],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.exp = exp
+        self.num_classes = exp.model.num_classes
+        self._make_weighting = weighting
+        self.weightings: dict[str, ClassWeighting] = {}
+
+    def weighting(self, term: str) -> ClassWeighting:
+        """The class-weighting strategy of one loss term (created on first use, then kept)."""
+        if term not in self.weightings:
+            self.weightings[term] = self._make_weighting(term)
+        return self.weightings[term]
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers by the name of the attribute holding the module they optimise."""
+        return {"model": build_optimizer(self.model, self.exp.optim)}
+
+    def training_step(self, source: Batch, target: Batch | None, step: Step) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: Step) -> None:
+        """Hook after the optimisers stepped (EMA teachers update here)."""
+
+    def eval_model(self) -> nn.Module:
+        """The network that is evaluated and exported (the student, as DAFormer reports)."""
+        return self.model
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-module state to checkpoint (e.g. random generator states)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def weighting_logs(self) -> dict[str, Tensor]:
+        """Per-term diagnostics of the class weightings, keyed ``<term>/<what>``."""
+        out = {}
+        for term, w in self.weightings.items():
+            for k, v in w.log_dict().items():
+                out[f"{term}/{k}"] = v
+        return out

@@ -1,0 +1,48 @@
+"""Shared fixtures: a quick MiniCity copy and tiny experiment configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from gbw.config import ExperimentConfig, load_config
+
+
+@pytest.fixture(scope="session")
+def minicity_root(tmp_path_factory) -> str:
+    from gbw.data.minicity import ensure_minicity
+
+    root = tmp_path_factory.mktemp("minicity")
+    ensure_minicity(root, seed=0, size="quick")
+    return str(root)
+
+
+@pytest.fixture
+def tiny_config():
+    """``tiny_config(root, out_dir, *overrides)``: see :func:`make_tiny_config`."""
+    return make_tiny_config
+
+
+def make_tiny_config(root: str, out_dir: str, *extra: str) -> ExperimentConfig:
+    """A few-step CPU experiment on quick MiniCity with the tiny network."""
+    return load_config(
+        None,
+        [
+            f"out_dir={out_dir}",
+            "name=tiny",
+            "model.name=tinyseg",
+            "model.kwargs={widths: [8, 8, 16, 16], aspp_channels: 8, decoder_channels: 8}",
+            "data.minicity_size=quick",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            *([f"data.{s}.root={root}" for s in ("source", "target", "val")] if root else []),
+            "train.accelerator=cpu",
+            "train.progress=false",
+            "train.log_every=2",
+            "eval.batch_size=10",
+            "eval.subset=10",
+            "optim.name=adamw",
+            "optim.lr=0.002",
+            "optim.head_lr_mult=1.0",
+            *extra,
+        ],
+    )
