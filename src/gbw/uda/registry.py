@@ -8,6 +8,12 @@ import importlib
 METHODS: dict[str, str] = {
     "source_only": "gbw.uda.source_only:SourceOnly",
     "dacs": "gbw.uda.dacs:DACS",
+    "advent": "gbw.uda.advent:AdvEnt",
+    "minent": "gbw.uda.advent:MinEnt",
+    "adaptsegnet": "gbw.uda.adaptsegnet:AdaptSegNet",
+    "daformer": "gbw.uda.daformer:DAFormer",
+    "hrda": "gbw.uda.hrda:HRDA",
+    "mic": "gbw.uda.mic:MIC",
 }
 
 
