@@ -140,3 +140,41 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def confusion_delta(
+    matrix: np.ndarray,
+    baseline: np.ndarray,
+    class_ids: Sequence[int],
+    names: Sequence[str],
+    out: str | Path,
+    title: str,
+) -> Path:
+    """Row-normalised confusion of a run minus its baseline, in points (paper Fig. 4a).
+
+    Rows are ground truth, columns predictions; green = more pixels than the baseline,
+    red = fewer. A rise on the diagonal is a recall gain.
+    """
+    ids = list(class_ids)
+
+    def norm(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=float)[np.ix_(ids, ids)]
+        rows = m.sum(1, keepdims=True)
+        return np.divide(100 * m, rows, out=np.zeros_like(m), where=rows > 0)
+
+    delta = norm(matrix) - norm(baseline)
+    lim = max(1.0, float(np.abs(delta).max()))
+    fig, ax = plt.subplots(figsize=(0.42 * len(ids) + 2.5, 0.42 * len(ids) + 1.5))
+    im = ax.imshow(delta, cmap="RdYlGn", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(ids)), [names[c] for c in ids], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(ids)), [names[c] for c in ids], fontsize=7)
+    for i in range(len(ids)):
+        ax.text(i, i, f"{delta[i, i]:+.1f}", ha="center", va="center", fontsize=6, weight="bold")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="points of the row")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)

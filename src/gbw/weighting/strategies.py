@@ -116,6 +116,9 @@ class NoWeighting(ClassWeighting):
 
     name = "none"
 
+    def log_dict(self) -> dict[str, Tensor]:
+        return {}  # constant ones: nothing to log
+
 
 class _QPWeighting(ClassWeighting):
     """Shared machinery of GBW and LBW: signal -> optional scaling -> exact QP -> weights."""
@@ -390,6 +393,9 @@ class Focal(ClassWeighting):
     """Focal loss (paper Table 4b, FL): unweighted classes, down-weighted easy pixels."""
 
     name = "focal"
+
+    def log_dict(self) -> dict[str, Tensor]:
+        return {}  # classes are not weighted
 
     def __init__(self, num_classes: int, gamma: float = 2.0, ignore_index: int = 255) -> None:
         super().__init__(num_classes, ignore_index)
