@@ -26,24 +26,35 @@ def _solve_dtype(g: Tensor) -> torch.dtype:
     return torch.float32 if g.device.type == "mps" else torch.float64
 
 
-def project_simplex(y: Tensor, total: Tensor, mask: Tensor | None = None) -> Tensor:
+def project_simplex(y: Tensor, total: Tensor | float, mask: Tensor | None = None) -> Tensor:
     """Euclidean projection of each row of ``y`` (..., C) onto {v >= 0, sum v = total}.
 
     ``mask`` (bool, same shape) restricts the projection to the True entries; the others get
-    0. ``total`` broadcasts against ``y[..., 0]``. Rows with nothing in the mask come back 0.
+    0. ``total`` (a number, or a tensor broadcasting against ``y[..., 0]``) must be > 0. Rows
+    with nothing in the mask come back 0. Non-finite ``y`` gives non-finite rows (callers
+    fall back on those).
     """
-    if mask is not None:
-        y = torch.where(mask, y, -torch.inf)
-    # Shift-invariance: subtracting the row maximum keeps the cumulative sums small, so huge g
-    # (or tiny lam) does not lose the total to cancellation.
+    if isinstance(total, Tensor):
+        total = total.unsqueeze(-1)
+    k = torch.arange(1, y.shape[-1] + 1, device=y.device, dtype=y.dtype)
+    if mask is None:
+        # Shift-invariance: subtracting the row maximum keeps the cumulative sums small, so
+        # huge g (or tiny lam) does not lose the total to cancellation.
+        y = y - y.amax(dim=-1, keepdim=True)
+        u, _ = torch.sort(y, dim=-1, descending=True)
+        css = u.cumsum(dim=-1) - total
+        # Entries with u_k > (cumsum_k - S) / k form a prefix of the sorted row (never empty:
+        # k = 1 always qualifies); rho = its length.
+        rho = (u * k > css).sum(dim=-1, keepdim=True)
+        tau = css.gather(-1, (rho - 1).clamp_min(0)) / rho.clamp_min(1).to(y.dtype)
+        return (y - tau).clamp_min(0)
+    y = torch.where(mask, y, -torch.inf)
     top = y.amax(dim=-1, keepdim=True)
     y = y - torch.where(torch.isfinite(top), top, 0)
     u, _ = torch.sort(y, dim=-1, descending=True)
     finite = torch.isfinite(u)
     u0 = torch.where(finite, u, 0)
-    css = u0.cumsum(dim=-1) - total.unsqueeze(-1)
-    k = torch.arange(1, y.shape[-1] + 1, device=y.device, dtype=y.dtype)
-    # Entries with u_k > (cumsum_k - S) / k form a prefix of the sorted row; rho = its length.
+    css = u0.cumsum(dim=-1) - total
     support = finite & (u0 * k > css)
     rho = support.sum(dim=-1, keepdim=True).clamp_min(1)
     tau = css.gather(-1, rho - 1) / rho.to(y.dtype)
@@ -95,29 +106,28 @@ def solve_class_weights_with_status(
     out_dtype = g.dtype
     gd = g.detach().to(_solve_dtype(g))
     num_classes = g.shape[-1]
-    n_present = (
-        torch.full(g.shape[:-1], float(num_classes), dtype=gd.dtype, device=g.device)
-        if present is None
-        else present.sum(-1).to(gd.dtype)
-    )
-    if total is None:
-        s = n_present
-    else:
+    if total is not None:
         s = torch.as_tensor(total, dtype=gd.dtype, device=g.device).expand(g.shape[:-1])
         if s.device.type == "cpu" and not bool(((s > 0) & torch.isfinite(s)).all()):
             raise ValueError(f"total must be finite and > 0, got {total!r}")
 
-    v = project_simplex(gd / (2.0 * lam), s, present)
+    if present is None:
+        # The common path, in few kernels (it runs at every loss call of every step).
+        total_ = float(num_classes) if total is None else s
+        v = project_simplex(gd / (2.0 * lam), total_)
+        ok = torch.isfinite(v).all(-1)  # non-finite g -> non-finite v
+        uniform = total_ / num_classes if total is None else (s / num_classes).unsqueeze(-1)
+        v = torch.where(ok.unsqueeze(-1), v, uniform)
+        return v.to(out_dtype), ~ok
 
-    finite = torch.isfinite(gd if present is None else torch.where(present, gd, 0))
-    ok = finite.all(-1) & (n_present > 0)
-    if present is not None:
-        uniform = torch.where(present, s.unsqueeze(-1) / n_present.clamp_min(1).unsqueeze(-1), 0)
-        v = torch.where(present, v, 0) + torch.where(present, 0, NEUTRAL_WEIGHT)
-        uniform = uniform + torch.where(present, 0, NEUTRAL_WEIGHT)
-        # no class present at all: nothing to weigh, every class is neutral
-        uniform = torch.where((n_present > 0).unsqueeze(-1), uniform, NEUTRAL_WEIGHT)
-    else:
-        uniform = (s / num_classes).unsqueeze(-1).expand_as(v)
+    n_present = present.sum(-1).to(gd.dtype)
+    s = n_present if total is None else s
+    v = project_simplex(gd / (2.0 * lam), s.clamp_min(torch.finfo(gd.dtype).tiny), present)
+    ok = torch.isfinite(torch.where(present, gd, 0)).all(-1) & (n_present > 0)
+    uniform = torch.where(present, s.unsqueeze(-1) / n_present.clamp_min(1).unsqueeze(-1), 0)
+    v = torch.where(present, v, 0) + torch.where(present, 0, NEUTRAL_WEIGHT)
+    uniform = uniform + torch.where(present, 0, NEUTRAL_WEIGHT)
+    # no class present at all: nothing to weigh, every class is neutral
+    uniform = torch.where((n_present > 0).unsqueeze(-1), uniform, NEUTRAL_WEIGHT)
     v = torch.where(ok.unsqueeze(-1), v, uniform)
     return v.to(out_dtype), ~ok
