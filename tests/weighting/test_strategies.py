@@ -222,3 +222,18 @@ def test_focal_strategy_and_factory():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_entropy_weights_follow_the_loss_normalisation():
+    z, _ = _batch(7)
+    for variant in ("class", "channel"):
+        s = gbw.GBW(5, lam=1e-3, variant=variant)
+        s.entropy(z, normalize=True)
+        g = gbw.entropy_grad_sqnorms(z, variant=variant, normalize=True)
+        torch.testing.assert_close(s.last_weights, gbw.solve_class_weights(g, 1e-3))
+    lbw = gbw.LossBasedWeighting(5, lam=0.5)
+    logp = torch.log_softmax(z, 1)
+    ent = -(logp.exp() * logp).mean((0, 2, 3)) / np.log(5)
+    torch.testing.assert_close(
+        lbw.entropy_weights(z, normalize=True), gbw.solve_class_weights(ent, 0.5)
+    )

@@ -18,6 +18,7 @@ to the logger, which decides when to read them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,11 @@ class ClassWeighting:
         """(C,) detached class weights for a cross-entropy term."""
         return self._ones(logits)
 
-    def entropy_weights(self, logits: Tensor, valid_mask: Tensor | None = None) -> Tensor:
-        """(C,) detached class weights for an entropy term."""
+    def entropy_weights(
+        self, logits: Tensor, valid_mask: Tensor | None = None, *, normalize: bool = False
+    ) -> Tensor:
+        """(C,) detached class weights for an entropy term (``normalize``: the term is divided
+        by log C, as ADVENT's; gradient-based strategies scale their signal to match)."""
         return self._ones(logits)
 
     # --- losses ------------------------------------------------------------------------
@@ -86,7 +90,7 @@ class ClassWeighting:
         self, logits: Tensor, valid_mask: Tensor | None = None, *, normalize: bool = False
     ) -> Tensor:
         """Entropy loss weighted by this strategy."""
-        v = self.entropy_weights(logits, valid_mask)
+        v = self.entropy_weights(logits, valid_mask, normalize=normalize)
         return weighted_entropy(logits, v, valid_mask, normalize=normalize)
 
     def log_dict(self) -> dict[str, Tensor]:
@@ -262,10 +266,16 @@ class GBW(_QPWeighting):
     def weights(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
         return self._weights(logits, target, pixel_weight, None)
 
-    def entropy_weights(self, logits: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+    def entropy_weights(
+        self, logits: Tensor, valid_mask: Tensor | None = None, *, normalize: bool = False
+    ) -> Tensor:
         self._check_classes(logits)
         g = entropy_grad_sqnorms(
-            logits, valid_mask=valid_mask, variant=self.variant, sync=self.sync
+            logits,
+            valid_mask=valid_mask,
+            variant=self.variant,
+            normalize=normalize,
+            sync=self.sync,
         )
         return self._solve(g, torch.ones_like(g, dtype=torch.bool))
 
@@ -321,7 +331,9 @@ class LossBasedWeighting(_QPWeighting):
         self.last_counts = stats[1]
         return self._solve(g, stats[1] > 0)
 
-    def entropy_weights(self, logits: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+    def entropy_weights(
+        self, logits: Tensor, valid_mask: Tensor | None = None, *, normalize: bool = False
+    ) -> Tensor:
         self._check_classes(logits)
         z = flatten_logits(logits)
         logp = log_softmax(z.detach())
@@ -334,6 +346,8 @@ class LossBasedWeighting(_QPWeighting):
         if _distributed(self.sync):
             stats = _all_reduce_(stats, None)
         g = stats[:-1] / stats[-1].clamp_min(1)
+        if normalize and self.num_classes > 1:
+            g = g / math.log(self.num_classes)
         return self._solve(g, torch.ones_like(g, dtype=torch.bool))
 
 
@@ -382,7 +396,9 @@ class InverseFrequency(ClassWeighting):
         self.last_weights = v
         return v
 
-    def entropy_weights(self, logits: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+    def entropy_weights(
+        self, logits: Tensor, valid_mask: Tensor | None = None, *, normalize: bool = False
+    ) -> Tensor:
         return self.weights(logits, None)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
