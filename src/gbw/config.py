@@ -39,6 +39,9 @@ class DatasetSpec:
     rcs_temperature: float = 0.01
     rcs_min_pixels: int = 3000
     rcs_min_crop_ratio: float = 0.5  # HRDA: 2.0
+    # (top, bottom, left, right) pixels of the *full* image whose pseudo-labels are not trusted,
+    # cropped with the image (HRDA/MIC target: [30, 240, 30, 30]); real datasets only
+    pseudo_margins: list[int] | None = None
     subset: int = 0  # use only the first N images (0 = all)
 
 

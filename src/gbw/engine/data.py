@@ -4,7 +4,9 @@ Sample ``i`` of a run (per domain) is a pure function of ``(seed, domain, i)``: 
 from a seeded permutation of its epoch, and the sample's augmentation is re-seeded from the
 same triple just before it is loaded. A run resumed at step ``s`` therefore continues at
 sample ``s * batch_size`` with exactly the images and crops the uninterrupted run would have
-used, whatever the number of workers.
+used, whatever the number of workers. Rare-class sampling (``data.source.rcs``) keeps this
+property: the class and image of position ``i`` are drawn from a generator seeded by the same
+triple (:class:`RareClassStepSampler`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gbw.config import DatasetSpec, ExperimentConfig
 from gbw.data.base import SegmentationDataset
 from gbw.data.loader import reseed_transforms
+from gbw.data.sampling import RareClassDataset, RareClassSampler
 from gbw.data.transforms import TrainTransform
 
 DOMAINS = {"source": 0, "target": 1}
@@ -43,6 +46,11 @@ def build_dataset(
             photometric=spec.photometric,
         )
     limit = spec.subset or None
+    if spec.pseudo_margins is not None and spec.name == "minicity":
+        raise ValueError(
+            "data.*.pseudo_margins needs a real dataset (gta, synthia, cityscapes); for MiniCity "
+            "use the crop-level uda.pseudo_margins"
+        )
     if spec.name == "minicity":
         from gbw.data.minicity import MiniCity
 
@@ -60,8 +68,16 @@ def build_dataset(
     from gbw.data.real import dataset_class
 
     cls = dataset_class(spec.name)
+    extra: dict[str, Any] = {}
+    if spec.pseudo_margins is not None:
+        extra["pseudo_margins"] = tuple(spec.pseudo_margins)
     return cls(
-        spec.root or None, spec.split, with_labels=with_labels, transform=transform, limit=limit
+        spec.root or None,
+        spec.split,
+        with_labels=with_labels,
+        transform=transform,
+        limit=limit,
+        **extra,
     )
 
 
@@ -75,7 +91,7 @@ def eval_classes(dataset: Dataset, which: str) -> tuple[int, ...] | None:
         raise ValueError(f"eval.classes must be dataset, 19, 16 or 13, got {which!r}")
     own = getattr(dataset, "EVAL_CLASSES", None)
     if isinstance(own, dict):  # real datasets: {"19": (...), "16": (...)}
-        return own.get("16") or own.get("19")
+        return own.get("19") or next(iter(own.values()))  # the full set; 16/13 by name
     return tuple(own) if own is not None else None
 
 
@@ -90,16 +106,22 @@ class InMemory(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    @property
+    def with_labels(self) -> bool:
+        return self.dataset.with_labels
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The decoded arrays of sample ``index`` (decoded once, then from RAM)."""
         if index not in self._cache:
-            files = self.dataset.samples[index]
-            image = self.dataset.read_image(files.image)
-            label = self.dataset.read_label(files.label) if self.dataset.with_labels else None
-            self._cache[index] = (image, label)
-        image, label = self._cache[index]
-        if self.transform is not None:
-            image, label = self.transform(image, label)
-        return SegmentationDataset.to_sample(self.dataset.samples[index].name, image, label)
+            self._cache[index] = self.dataset.load(index)
+        return self._cache[index]
+
+    def make_sample(self, index: int, image: np.ndarray, label: np.ndarray | None) -> Any:
+        return self.dataset.make_sample(index, image, label)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.load(index)
+        return self.make_sample(index, image, label)  # type: ignore[return-value]
 
 
 class SeededSamples(Dataset):
@@ -153,6 +175,61 @@ class StepSampler(Sampler[tuple[int, int]]):
         return 2**62
 
 
+class RareClassStepSampler(StepSampler):
+    """:class:`StepSampler` with DAFormer's rare-class sampling: ``((index, class), seed)``.
+
+    Position ``i``'s class ``c ~ P(c)`` and image (uniform among those with more than
+    ``min_pixels`` of ``c``) come from a generator seeded by ``(seed, domain, i)``, so the
+    order is deterministic and resumable like the plain sampler's. The class/image tables
+    are those of a :class:`gbw.data.sampling.RareClassSampler`; the ``(index, class)`` key is
+    served by :class:`gbw.data.sampling.RareClassDataset` (crop retry for the class).
+    """
+
+    def __init__(
+        self,
+        rcs: RareClassSampler,
+        seed: int,
+        domain: str,
+        *,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        super().__init__(rcs.counts.shape[0], seed, domain, start=start, rank=rank, world=world)
+        self.rcs = rcs
+
+    def key(self, position: int) -> tuple[int, int]:
+        """The ``(dataset index, class)`` drawn for global position ``position``."""
+        rng = np.random.default_rng(_seed_of(self.seed, self.domain, position, 2))
+        c = int(self.rcs.classes[rng.choice(len(self.rcs.classes), p=self.rcs.probabilities)])
+        pool = self.rcs.pools[c]
+        return int(pool[rng.integers(pool.size)]), c
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, int], int]]:  # type: ignore[override]
+        i = self.start
+        while True:
+            position = i * self.world + self.rank
+            yield self.key(position), _seed_of(self.seed, self.domain, position, 1)
+            i += 1
+
+
+def rare_class_sampler(dataset: SegmentationDataset, exp: ExperimentConfig) -> RareClassSampler:
+    """The RCS class distribution of the source set, from its per-image class statistics
+    (MiniCity's ``class_stats.json``; ``gbw data prepare`` files for real datasets)."""
+    spec = exp.data.source
+    kwargs: dict[str, Any] = {
+        "temperature": spec.rcs_temperature,
+        "min_pixels": spec.rcs_min_pixels,
+        "seed": exp.seed,
+    }
+    if spec.name == "minicity":
+        from gbw.data.minicity import load_class_stats
+
+        names, counts = load_class_stats(spec.split, spec.root or None, size=exp.data.minicity_size)
+        return RareClassSampler.from_dataset(dataset, names, counts, **kwargs)
+    return RareClassSampler.from_dataset(dataset, **kwargs)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one process per core already
 
@@ -167,13 +244,38 @@ def build_train_loader(
     world: int = 1,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """An endless loader whose ``k``-th batch is the run's batch ``start_step + k``."""
+    """An endless loader whose ``k``-th batch is the run's batch ``start_step + k``.
+
+    With ``data.source.rcs`` the source samples are drawn by rare-class sampling.
+    """
     bs = exp.data.batch_size
+    spec = exp.data.source if domain == "source" else exp.data.target
+    rcs = None
+    if spec.rcs:
+        if domain != "source":
+            raise ValueError(
+                "data.target.rcs: rare-class sampling needs labels; only data.source.rcs may "
+                "be true"
+            )
+        if not isinstance(dataset, SegmentationDataset):
+            raise TypeError(f"rare-class sampling needs a SegmentationDataset, got {dataset!r}")
+        rcs = rare_class_sampler(dataset, exp)
     if exp.data.in_memory and isinstance(dataset, SegmentationDataset):
         dataset = InMemory(dataset)
-    sampler = StepSampler(
-        len(dataset), exp.seed, domain, start=start_step * bs, rank=rank, world=world
-    )
+    sampler: StepSampler
+    if rcs is not None:
+        dataset = RareClassDataset(
+            dataset,  # type: ignore[arg-type]
+            min_pixels=spec.rcs_min_pixels,
+            min_crop_ratio=spec.rcs_min_crop_ratio,
+        )
+        sampler = RareClassStepSampler(
+            rcs, exp.seed, domain, start=start_step * bs, rank=rank, world=world
+        )
+    else:
+        sampler = StepSampler(
+            len(dataset), exp.seed, domain, start=start_step * bs, rank=rank, world=world
+        )
     workers = exp.data.num_workers
     return DataLoader(
         SeededSamples(dataset),
@@ -185,6 +287,10 @@ def build_train_loader(
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
+        # Its own generator: starting an iterator draws a base seed, which would otherwise come
+        # from the global RNG and shift a resumed run's dropout / DropPath draws (the samples
+        # themselves are re-seeded per position by SeededSamples either way).
+        generator=torch.Generator().manual_seed(_seed_of(exp.seed, DOMAINS[domain], 3)),
     )
 
 

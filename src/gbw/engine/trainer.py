@@ -75,6 +75,8 @@ def weighting_factory(exp: ExperimentConfig):
     kwargs: dict[str, Any] = {}
     if w.name in ("gbw", "gbw_authors", "lbw"):
         kwargs = {"lam": w.lam, "scale": w.scale, "present_only": w.present_only}
+        if w.name == "gbw_authors":
+            del kwargs["scale"]  # the authors' preset fixes it (scale="none")
         if w.name == "gbw":
             kwargs |= {
                 "variant": w.variant,
@@ -98,11 +100,36 @@ def build_method(exp: ExperimentConfig) -> UDAMethod:
 
     model_kwargs = dict(exp.model.kwargs)
     if exp.model.pretrained:
+        if not Path(exp.model.pretrained).expanduser().is_file():
+            raise FileNotFoundError(
+                f"model.pretrained: weight file not found: {exp.model.pretrained} (the recipe's "
+                "YAML says where to download it; model.pretrained='' trains from random init)"
+            )
         model_kwargs["weights"] = exp.model.pretrained
     model = build_model(exp.model.name, exp.model.num_classes, **model_kwargs)
     cls = method_class(exp.method)
     mcfg = method_config(cls.Config, exp.uda, exp.method)
     return cls(model, mcfg, exp, weighting_factory(exp))
+
+
+def setup_method(fabric: Any, exp: ExperimentConfig) -> tuple[UDAMethod, dict[str, Any]]:
+    """The method on the fabric's device with its optimisers, every optimised module wrapped.
+
+    Fabric wraps each optimised module for DDP/precision. The wrapper is stored as a plain
+    attribute that shadows the registered module: the method calls the wrapper, while
+    ``method.state_dict()``, ``.to()`` and ``method._modules[name]`` keep seeing the raw modules.
+    Each optimiser group remembers its ``initial_lr`` for the schedule (:func:`lr_factor`).
+    """
+    method = build_method(exp)
+    optimizers = method.configure_optimizers()
+    method.to(fabric.device)
+    for name, opt in list(optimizers.items()):
+        module, optimizers[name] = fabric.setup(getattr(method, name), opt)
+        object.__setattr__(method, name, module)
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return method, optimizers
 
 
 def _versions() -> dict[str, str]:
@@ -222,18 +249,7 @@ def train(
         }
         (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    method = build_method(exp)
-    optimizers = method.configure_optimizers()
-    method.to(fabric.device)
-    # Fabric wraps each optimised module for DDP/precision. The wrapper is stored as a plain
-    # attribute that shadows the registered module: the method calls the wrapper, while
-    # ``method.state_dict()`` and ``.to()`` keep seeing the raw modules.
-    for name, opt in list(optimizers.items()):
-        module, optimizers[name] = fabric.setup(getattr(method, name), opt)
-        object.__setattr__(method, name, module)
-    for opt in optimizers.values():
-        for group in opt.param_groups:
-            group.setdefault("initial_lr", group["lr"])
+    method, optimizers = setup_method(fabric, exp)
     if state is not None:
         method.load_state_dict(state["method"])
         for name, opt in optimizers.items():
@@ -305,6 +321,8 @@ def train(
                 p.unlink()
         fabric.barrier()
 
+    confusion: list[list[list[int]] | None] = [None]  # of the latest evaluation
+
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(
             method.eval_model(),
@@ -318,6 +336,7 @@ def train(
             autocast=fabric.autocast,
         )
         values = metrics.as_dict(names)
+        confusion[0] = metrics.matrix.tolist()
         logger.log(step, {f"val/{k}": v for k, v in values.items()})
         return values
 
@@ -366,6 +385,7 @@ def train(
                     "step": end,
                     "classes": list(val_classes) if val_classes else None,
                     **result.metrics,
+                    "confusion": confusion[0],
                 },
                 indent=1,
             )

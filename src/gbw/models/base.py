@@ -260,6 +260,20 @@ def _daformer_mit(
     return model
 
 
+def _hrda_daformer_mitb5(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> SegmentationModel:
+    return _hrda_daformer_mit(num_classes, weights=weights, encoder="b5", **kwargs)
+
+
+def _hrda_daformer_mit(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> SegmentationModel:
+    from gbw.models.hrda import build_hrda_daformer
+
+    return build_hrda_daformer(num_classes, weights=weights, **kwargs)
+
+
 def _tinyseg(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
     from gbw.models.tiny import TinySeg
 
@@ -271,6 +285,8 @@ MODELS: dict[str, Callable[..., SegmentationModel]] = {
     "deeplabv2_r101": _deeplabv2_r101,
     "daformer_mitb5": _daformer_mitb5,
     "daformer_mit": _daformer_mit,
+    "hrda_daformer_mitb5": _hrda_daformer_mitb5,  # HRDA's multi-resolution DAFormer
+    "hrda_daformer_mit": _hrda_daformer_mit,
     "tinyseg": _tinyseg,
 }
 

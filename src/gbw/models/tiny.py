@@ -14,6 +14,10 @@ skip, 1x1 to 48 + depthwise 3x3), then a 1x1 classifier. Logits at 1/4 (32x32 fo
 
 Parameter count with 19 classes: 322,203 (``tests/models/test_tinyseg.py`` asserts it).
 Input normalisation: ImageNet mean/std, like the MiT models.
+
+``aux=True`` adds a 1x1 classifier on stage3 (1/8), returned as ``"aux"``: the stand-in for
+DeepLabV2's conv4 classifier, so that the multi-level methods (AdaptSegNet, ADVENT) run on the
+CPU. It is trained with the head learning rate.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ class TinySeg(SegmentationModel):
         widths: channels of (stem, stage1, stage2, stage3).
         aspp_channels: width of each ASPP branch.
         decoder_channels: width after the ASPP fusion.
+        aux: add the auxiliary 1/8 classifier (``"aux"`` output) for multi-level methods.
     """
 
     output_stride = 4
-    head_prefixes = ("decode_head",)
+    head_prefixes = ("decode_head", "aux_classifier")
 
     def __init__(
         self,
@@ -63,6 +68,7 @@ class TinySeg(SegmentationModel):
         widths: tuple[int, int, int, int] = (24, 32, 64, 96),
         aspp_channels: int = 48,
         decoder_channels: int = 64,
+        aux: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -79,6 +85,7 @@ class TinySeg(SegmentationModel):
             }
         )
         self.decode_head = _TinyHead(w1, w3, num_classes, aspp_channels, decoder_channels)
+        self.aux_classifier = nn.Conv2d(w3, num_classes, 1) if aux else None
 
     def forward(self, x: Tensor, return_features: bool = False) -> SegOutput:
         b = self.backbone
@@ -87,6 +94,8 @@ class TinySeg(SegmentationModel):
         f2 = b["stage2"](f1)
         f3 = b["stage3"](f2)
         out: SegOutput = {"main": self.decode_head(f1, f3)}
+        if self.aux_classifier is not None:
+            out["aux"] = self.aux_classifier(f3)
         if return_features:
             out["features"] = [x, f1, f2, f3]
         return out

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gbw.config import ExperimentConfig, OptimConfig
-from gbw.weighting import ClassWeighting
+from gbw.weighting import ClassWeighting, Focal
 
 Batch = dict[str, Any]  # "image" (B,3,H,W) in [0,1], "label" (B,H,W) when labelled
 
@@ -56,6 +56,49 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     raise ValueError(f"optim.name must be sgd, adamw or adam, got {cfg.name!r}")
 
 
+class ReusedWeighting(ClassWeighting):
+    """The weights that another term computed at its last call, reused without a solve.
+
+    ``uda.share_weights`` (HRDA, MIC): the detail-crop term reuses the weights of the fused
+    term of the same forward pass, so there is one GBW solve per domain instead of one per
+    loss call. Logs nothing of its own (the owner's weights are logged under its name).
+    Focal loss has no class weights; a reused focal term is the owner's focal loss.
+    """
+
+    name = "reused"
+
+    def __init__(self, owner: ClassWeighting, owner_term: str) -> None:
+        super().__init__(owner.num_classes, owner.ignore_index)
+        self.owner = owner
+        self.owner_term = owner_term
+
+    def weights(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+        self._check_classes(logits)
+        if self.owner.last_weights is None:  # a Python check on an attribute, not a tensor
+            raise RuntimeError(
+                f"this term reuses the class weights of term {self.owner_term!r}, which has not "
+                "computed any yet: compute that term's loss first"
+            )
+        return self.owner.last_weights
+
+    def cross_entropy(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        pixel_weight: Tensor | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        if isinstance(self.owner, Focal):
+            return self.owner.cross_entropy(logits, target, pixel_weight, reduction)
+        return super().cross_entropy(logits, target, pixel_weight, reduction)
+
+    def log_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"ReusedWeighting(of={self.owner_term!r})"
+
+
 def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of logits to a label's size (align_corners=False, as mmseg)."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -85,11 +128,24 @@ class UDAMethod(nn.Module):
         self._make_weighting = weighting
         self.weightings: dict[str, ClassWeighting] = {}
 
-    def weighting(self, term: str) -> ClassWeighting:
-        """The class-weighting strategy of one loss term (created on first use, then kept)."""
+    def weighting(self, term: str, *, reuse: str | None = None) -> ClassWeighting:
+        """The class-weighting strategy of one loss term (created on first use, then kept).
+
+        ``reuse=<other term>`` makes this term apply the weights the other term computed at
+        its last call (:class:`ReusedWeighting`) instead of computing its own.
+        """
         if term not in self.weightings:
-            self.weightings[term] = self._make_weighting(term)
+            if reuse is not None:
+                self.weightings[term] = ReusedWeighting(self.weighting(reuse), reuse)
+            else:
+                self.weightings[term] = self._make_weighting(term)
         return self.weightings[term]
+
+    @property
+    def net(self) -> nn.Module:
+        """The raw segmentation network, for helpers that are not a forward pass (the engine
+        shadows ``self.model`` with its precision/DDP wrapper, which forward must go through)."""
+        return self._modules["model"]
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimisers by the name of the attribute holding the module they optimise."""

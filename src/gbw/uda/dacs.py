@@ -3,8 +3,11 @@
 Self-training with a mean teacher: target pseudo-labels from an EMA of the student, source
 classes pasted onto target images (ClassMix), a strong colour/blur augmentation of the mixed
 image, and a cross-entropy on the mixed image weighted by the pseudo-labels' confidence.
-DAFormer, HRDA and MIC keep this loop and add to it. GBW weights both loss terms, each with
-its own weights per call as in the authors' code (``src`` and ``mix``).
+DAFormer, HRDA and MIC keep this loop and add to it through three hooks:
+:meth:`DACS.segmentation_loss` (HRDA: fused + detail loss), :meth:`DACS.source_loss`
+(DAFormer: + ImageNet feature distance) and :meth:`DACS.target_consistency` (MIC: masked
+images). GBW weights every loss term, each with its own weights per call as in the authors'
+code (``src`` and ``mix`` here).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class DACSConfig:
     # DAFormer's code, which draws from the classes of the whole source batch
     color_jitter_strength: float = 0.2
     color_jitter_p_skip: float = 0.2  # DAFormer's "p": jitter is applied with prob. 1 - p
+    # kornia 0.5.8 (pinned by DAFormer/MIC) applies the four jitter ops in a random order;
+    # False applies them in a fixed order, ~2x cheaper (the CPU demo uses it)
+    color_jitter_random_order: bool = True
     blur: bool = True  # Gaussian blur with p = 0.5, sigma ~ U(0.15, 1.15)
     mix_loss_weight: float = 1.0
 
@@ -54,22 +60,38 @@ class DACS(UDAMethod):
                 self._gen.set_state(self._gen_state)
         return self._gen
 
-    def pseudo_label(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher pseudo-labels and pixel weights for target images (B, 3, H, W)."""
+    def pseudo_label(self, image: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher pseudo-labels and pixel weights for target images (B, 3, H, W).
+
+        ``valid`` (B, H, W): the loader's ``valid_pseudo_mask`` (HRDA/MIC draw the untrusted
+        margins on the full image before cropping); the weight is zero outside it.
+        """
         logits = resize_to(self.teacher(image)["main"].float(), image.shape[-2:])
-        return pseudo_labels(
+        labels, weight = pseudo_labels(
             logits,
             self.cfg.pseudo_threshold,
             margins=tuple(self.cfg.pseudo_margins),
             weighting=self.cfg.pseudo_weighting,
         )
+        if valid is not None:
+            weight = weight * valid.to(weight.dtype)
+        return labels, weight
 
     def mixed_batch(
-        self, source: Batch, target: Batch, gen: torch.Generator
+        self,
+        source: Batch,
+        target: Batch,
+        gen: torch.Generator,
+        pseudo: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """ClassMix source classes onto target images, then the strong augmentation."""
+        """ClassMix source classes onto target images, then the strong augmentation.
+
+        ``pseudo``: the target's (labels, weights) if already computed (else the teacher runs).
+        """
         c = self.cfg
-        pl, pw = self.pseudo_label(target["image"])
+        if pseudo is None:
+            pseudo = self.pseudo_label(target["image"], target.get("valid_pseudo_mask"))
+        pl, pw = pseudo
         m = class_mix_masks(
             source["label"], gen, num_classes=self.num_classes, per_image=c.mix_per_image
         )
@@ -82,8 +104,41 @@ class DACS(UDAMethod):
             jitter_strength=c.color_jitter_strength,
             jitter_p_skip=c.color_jitter_p_skip,
             blur=c.blur,
+            random_order=c.color_jitter_random_order,
         )
         return image, label, weight
+
+    # --- hooks that DAFormer, HRDA and MIC extend ------------------------------------------
+
+    def segmentation_loss(
+        self,
+        term: str,
+        image: Tensor,
+        label: Tensor,
+        weight: Tensor | None = None,
+        *,
+        features: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
+        """One forward pass and its class-weighted cross-entropy (HRDA adds its detail loss).
+
+        Returns ``(loss, logs, model output)``; the logs hold ``<term>.ce``.
+        """
+        out = self.model(image, return_features=True) if features else self.model(image)
+        logits = resize_to(out["main"], label.shape[-2:])
+        loss = self.weighting(term).cross_entropy(logits, label, weight)
+        return loss, {f"{term}.ce": loss.detach()}, out
+
+    def source_loss(self, source: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Step 1's loss on the labelled source images (DAFormer adds its feature distance)."""
+        loss, logs, _ = self.segmentation_loss("src", source["image"], source["label"])
+        return loss, logs
+
+    def target_consistency(
+        self, target: Batch, pseudo: tuple[Tensor, Tensor], step: Step, gen: torch.Generator
+    ) -> dict[str, Tensor]:
+        """Step 5: further target terms, each back-propagated here (MIC's masked image
+        consistency); none in DACS."""
+        return {}
 
     def training_step(self, source: Batch, target: Batch | None, step: Step) -> dict[str, Tensor]:
         assert target is not None
@@ -92,23 +147,25 @@ class DACS(UDAMethod):
         gen = self.generator(source["image"].device)
 
         # 1. supervised loss on the labelled source images
-        logits = resize_to(self.model(source["image"])["main"], source["label"].shape[-2:])
-        loss_src = self.weighting("src").cross_entropy(logits, source["label"])
+        loss_src, logs = self.source_loss(source)
         step.backward(loss_src)
 
-        # 2. pseudo-labelled, class-mixed target images, weighted by the teacher's confidence
         with torch.no_grad():
-            image, label, weight = self.mixed_batch(source, target, gen)
-        logits = resize_to(self.model(image)["main"], label.shape[-2:])
-        loss_mix = self.weighting("mix").cross_entropy(logits, label, weight)
-        step.backward(self.cfg.mix_loss_weight * loss_mix)
+            # 2. target pseudo-labels from the EMA teacher, weighted by their confidence
+            pseudo = self.pseudo_label(target["image"], target.get("valid_pseudo_mask"))
+            # 3. source classes pasted onto the target images (ClassMix), strong augmentation
+            image, label, weight = self.mixed_batch(source, target, gen, pseudo)
 
+        # 4. confidence-weighted cross-entropy on the mixed images
+        loss_mix, mix_logs, _ = self.segmentation_loss("mix", image, label, weight)
+        step.backward(self.cfg.mix_loss_weight * loss_mix)
+        logs |= mix_logs
+
+        # 5. further target terms (MIC); then one optimiser step for all the gradients
+        logs |= self.target_consistency(target, pseudo, step, gen)
         opt.step()
-        return {
-            "src.ce": loss_src.detach(),
-            "mix.ce": loss_mix.detach(),
-            "diag.pseudo_weight": weight.mean(),
-        }
+        logs["diag.pseudo_weight"] = weight.mean()
+        return logs
 
     def after_optimizer_step(self, step: Step) -> None:
         # DAFormer updates the teacher at the start of iteration i with alpha_i; doing it
