@@ -171,6 +171,15 @@ def peak_memory_cuda(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _maxrss_mib() -> float:
+    """Peak resident memory of this process (MiB). VmHWM belongs to the address space, so it
+    starts afresh at exec; ru_maxrss would inherit the parent's peak across fork."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
