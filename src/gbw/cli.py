@@ -1,4 +1,4 @@
-"""The ``gbw`` command line: one tool for the whole workflow.
+"""gbw: gradient-based class weighting for domain-adaptive segmentation - one tool for the workflow.
 
 gbw demo                          the embedded CPU benchmark, with and without GBW
 gbw train CONFIG [key=value ...]  train one experiment (configs/*.yaml)

@@ -7,14 +7,13 @@ does with ``np.asarray(Image.open(f))``). Prepared labels: ``labels/<id>_labelTr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 from gbw.data.cityscapes import Cityscapes
-from gbw.data.real import TRAIN_ID_SUFFIX, RealDataset, _list_files
+from gbw.data.real import FlatFolderDataset
 
 
-class GTA5(RealDataset):
+class GTA5(FlatFolderDataset):
     """GTA5 with Cityscapes trainIds; the id table is Cityscapes' own."""
 
     NAME = "gta"
@@ -29,24 +28,5 @@ class GTA5(RealDataset):
     ID_TO_TRAIN_ID: ClassVar[dict[int, int]] = Cityscapes.ID_TO_TRAIN_ID
     LAYOUT_HINT = "layout data/gta/images/<id>.png and data/gta/labels/<id>.png"
 
-    @classmethod
-    def image_dir(cls, split: str) -> str:
-        return "images"
-
-    @classmethod
-    def label_dir(cls, split: str) -> str:
-        return "labels"
-
-    @classmethod
-    def list_images(cls, root: Path, split: str) -> list[Path]:
-        base = root / cls.image_dir(split)
-        return [base / n for n in _list_files(base, ".png")]
-
-    @classmethod
-    def raw_label_for(cls, root: Path, split: str, image: Path) -> Path:
-        return root / cls.label_dir(split) / image.name
-
-    @classmethod
-    def list_raw_labels(cls, root: Path, split: str) -> list[Path]:
-        base = root / cls.label_dir(split)
-        return [base / n for n in _list_files(base, ".png") if not n.endswith(TRAIN_ID_SUFFIX)]
+    IMAGE_DIR = "images"
+    LABEL_DIR = "labels"

@@ -308,6 +308,36 @@ class RealDataset(SegmentationDataset):
         )
 
 
+class FlatFolderDataset(RealDataset):
+    """A dataset whose images and labels sit in two flat folders with the same file names
+    (GTA5: ``images``/``labels``; SYNTHIA: ``RGB``/``GT/LABELS``)."""
+
+    IMAGE_DIR: ClassVar[str] = ""
+    LABEL_DIR: ClassVar[str] = ""
+
+    @classmethod
+    def image_dir(cls, split: str) -> str:
+        return cls.IMAGE_DIR
+
+    @classmethod
+    def label_dir(cls, split: str) -> str:
+        return cls.LABEL_DIR
+
+    @classmethod
+    def list_images(cls, root: Path, split: str) -> list[Path]:
+        base = root / cls.image_dir(split)
+        return [base / n for n in _list_files(base, ".png")]
+
+    @classmethod
+    def raw_label_for(cls, root: Path, split: str, image: Path) -> Path:
+        return root / cls.label_dir(split) / image.name
+
+    @classmethod
+    def list_raw_labels(cls, root: Path, split: str) -> list[Path]:
+        base = root / cls.label_dir(split)
+        return [base / n for n in _list_files(base, ".png") if not n.endswith(TRAIN_ID_SUFFIX)]
+
+
 def read_prepared_label(path: Path) -> np.ndarray:
     """A ``*_labelTrainIds.png``: single-channel uint8 trainIds."""
     arr = read_label_png(path)

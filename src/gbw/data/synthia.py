@@ -16,10 +16,10 @@ import numpy as np
 
 from gbw.data.classes import SYNTHIA_13, SYNTHIA_16
 from gbw.data.io import read_png_unchanged
-from gbw.data.real import TRAIN_ID_SUFFIX, RealDataset, _list_files
+from gbw.data.real import FlatFolderDataset
 
 
-class Synthia(RealDataset):
+class Synthia(FlatFolderDataset):
     """SYNTHIA-RAND-CITYSCAPES with Cityscapes trainIds; scored on 16 or 13 classes."""
 
     NAME = "synthia"
@@ -59,27 +59,8 @@ class Synthia(RealDataset):
     EVAL_CLASSES: ClassVar[dict[str, tuple[int, ...]]] = {"16": SYNTHIA_16, "13": SYNTHIA_13}
     LAYOUT_HINT = "layout data/synthia/RGB/<id>.png and data/synthia/GT/LABELS/<id>.png"
 
-    @classmethod
-    def image_dir(cls, split: str) -> str:
-        return "RGB"
-
-    @classmethod
-    def label_dir(cls, split: str) -> str:
-        return "GT/LABELS"
-
-    @classmethod
-    def list_images(cls, root: Path, split: str) -> list[Path]:
-        base = root / cls.image_dir(split)
-        return [base / n for n in _list_files(base, ".png")]
-
-    @classmethod
-    def raw_label_for(cls, root: Path, split: str, image: Path) -> Path:
-        return root / cls.label_dir(split) / image.name
-
-    @classmethod
-    def list_raw_labels(cls, root: Path, split: str) -> list[Path]:
-        base = root / cls.label_dir(split)
-        return [base / n for n in _list_files(base, ".png") if not n.endswith(TRAIN_ID_SUFFIX)]
+    IMAGE_DIR = "RGB"
+    LABEL_DIR = "GT/LABELS"
 
     @classmethod
     def read_label_channels(cls, path: Path) -> np.ndarray:
