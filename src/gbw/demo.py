@@ -335,59 +335,21 @@ def _plots(
     args: argparse.Namespace,
 ) -> list[Path]:
     from gbw.analysis import plots
+    from gbw.analysis.report import load_run, run_figures
     from gbw.data.minicity import MiniCity
     from gbw.engine.evaluate import predict_logits
-    from gbw.engine.logger import read_scalars
     from gbw.engine.runs import load_trained
 
-    names = CITYSCAPES_CLASSES
-    written = []
     run = {(o.setting, o.weighting): o for o in outcomes if o.seed == seed}
-    st_gbw = run[("self_training", "gbw")].run_dir
-    scalars = read_scalars(st_gbw / "scalars.csv")
-    summary = json.loads((st_gbw / "weights_summary.json").read_text())
-    rare = order[:4]
-    frequent = order[-3:]
-    for term in ("src", "mix"):
-        series = {
-            t.split("/")[-1]: v for t, v in scalars.items() if t.startswith(f"{term}/weight/")
-        }
-        if series:
-            written.append(
-                plots.weights_over_time(
-                    series,
-                    rare + frequent,
-                    names,
-                    out / f"fig2_weights_{term}.png",
-                    f"GBW weights over training: self-training, '{term}' loss, seed {seed}",
-                )
-            )
-    if "src" in summary:
-        mx = {c: summary["src"][names[c]]["max"] for c in order}
-        written.append(
-            plots.max_weight_vs_frequency(
-                mx,
-                share,
-                names,
-                out / "fig6a_max_weight_vs_frequency.png",
-                f"max GBW weight (self-training, source loss, seed {seed}) vs source frequency",
-            )
-        )
-        sd = {c: summary["src"][names[c]]["std"] for c in order}
-        gains = {}
-        for c in order:
-            a = run[("self_training", "gbw")].metrics.get(f"IoU/{names[c]}", float("nan"))
-            b = run[("self_training", "none")].metrics.get(f"IoU/{names[c]}", float("nan"))
-            gains[c] = 100 * (a - b)
-        written.append(
-            plots.weight_std_vs_gain(
-                sd,
-                gains,
-                names,
-                out / "fig6b_weight_std_vs_gain.png",
-                f"weight variability vs IoU gain (self-training, seed {seed})",
-            )
-        )
+    # Figs. 2, 6a, 6b and 4a of the self-training run with GBW, against the one without
+    written = run_figures(
+        load_run(run[("self_training", "gbw")].run_dir),
+        load_run(run[("self_training", "none")].run_dir),
+        order,
+        share,
+        out,
+        prefix="",
+    )
     # Fig. 5: the first 4 target val images (by name) that contain the rarest source class
     # present in the val split: a fixed rule, not chosen by the outcome.
     ds = MiniCity(

@@ -97,7 +97,7 @@ def report_runs(runs: list[str], out: str, baseline: str | None = None) -> Path:
     ]
     figures = []
     for info in infos:
-        figures += _figures(info, base, order, share, out_dir)
+        figures += run_figures(info, base, order, share, out_dir)
     lines += ["", *[f"![{p.stem}]({p.name})" for p in figures]]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     with (out_dir / "report.csv").open("w", newline="") as f:
@@ -125,12 +125,29 @@ def _f(x: float, signed: bool = False) -> str:
     return f"{x:+.1f}" if signed else f"{x:.1f}"
 
 
-def _figures(
-    info: dict, base: dict, order: list[int], share: dict[int, float] | None, out_dir: Path
+def load_run(run: str | Path) -> dict[str, Any]:
+    """A finished run's metrics, config and weight summary (what the figures need)."""
+    return _load(Path(run))
+
+
+def run_figures(
+    info: dict,
+    base: dict,
+    order: list[int],
+    share: dict[int, float] | None,
+    out_dir: Path,
+    prefix: str | None = None,
 ) -> list[Path]:
+    """The paper's figures for one run (Figs. 2, 6a; against ``base``: 6b, 4a).
+
+    Files are ``<prefix>fig2_weights_<term>.png``, ``fig6a_max_weight.png``,
+    ``fig6b_std_vs_gain.png`` and ``fig4a_confusion_delta.png``; ``prefix`` defaults to the
+    run's name and an underscore.
+    """
     names = CITYSCAPES_CLASSES
     written: list[Path] = []
     tag = info["name"]
+    pre = f"{tag}_" if prefix is None else prefix
     if info["weights"]:
         scalars = read_scalars(info["dir"] / "scalars.csv")
         show = order[:4] + order[-3:] if len(order) > 7 else order
@@ -144,7 +161,7 @@ def _figures(
                         series,
                         show,
                         names,
-                        out_dir / f"{tag}_fig2_weights_{term}.png",
+                        out_dir / f"{pre}fig2_weights_{term}.png",
                         f"{tag}: class weights over training ('{term}' loss)",
                     )
                 )
@@ -157,7 +174,7 @@ def _figures(
                     mx,
                     share,
                     names,
-                    out_dir / f"{tag}_fig6a_max_weight.png",
+                    out_dir / f"{pre}fig6a_max_weight.png",
                     f"{tag}: max weight ('{term}') vs source frequency",
                 )
             )
@@ -176,7 +193,7 @@ def _figures(
                     sd,
                     gain,
                     names,
-                    out_dir / f"{tag}_fig6b_std_vs_gain.png",
+                    out_dir / f"{pre}fig6b_std_vs_gain.png",
                     f"{tag}: weight std ('{term}') vs IoU gain over {base['name']}",
                 )
             )
@@ -188,7 +205,7 @@ def _figures(
                 np.asarray(b),
                 order,
                 names,
-                out_dir / f"{tag}_fig4a_confusion_delta.png",
+                out_dir / f"{pre}fig4a_confusion_delta.png",
                 f"{tag} minus {base['name']}: row-normalised confusion (points)",
             )
         )
