@@ -158,6 +158,9 @@ def test_engine_trains_each_recipe_and_logs_every_weighted_term(minicity, tmp_pa
         assert values[0] != values[1], key
     for term in TERMS[name]:  # every GBW term logs its per-class weights
         assert any(f",{term}/weight/road," in r for r in rows), term
+    # rare-class sampling writes the class frequencies and probabilities it samples from
+    rcs_log = (result.run_dir / "rare_class_sampling.txt").read_text()
+    assert "rare-class sampling: T=0.01, min_pixels=200" in rcs_log and "freq f_c" in rcs_log
     assert 0.0 <= result.metrics["mIoU"] <= 1.0
 
 

@@ -271,11 +271,12 @@ def train(
         "world": fabric.world_size,
         "pin_memory": fabric.device.type == "cuda",
     }
-    src_iter = iter(
-        fabric.setup_dataloaders(
-            build_train_loader(source, exp, "source", **loader_kw), use_distributed_sampler=False
-        )
-    )
+    src_loader = build_train_loader(source, exp, "source", **loader_kw)
+    rcs = getattr(src_loader.sampler, "rcs", None)
+    if rcs is not None and is_main:  # the class frequencies rare-class sampling works from
+        (run_dir / "rare_class_sampling.txt").write_text(rcs.describe() + "\n")
+        fabric.print(rcs.describe())
+    src_iter = iter(fabric.setup_dataloaders(src_loader, use_distributed_sampler=False))
     tgt_iter = None
     if target is not None:
         tgt_iter = iter(
