@@ -95,10 +95,13 @@ def demo_config(
         "train.progress=false",
         "eval.batch_size=25",
         f"weighting.name={weighting}",
-        f"weighting.lam={args.lam}",
-        f"weighting.variant={args.variant}",
-        f"weighting.scale={args.scale}",
     ]
+    if weighting == "gbw":  # runs without GBW stay identical (and reusable) across GBW options
+        overrides += [
+            f"weighting.lam={args.lam}",
+            f"weighting.variant={args.variant}",
+            f"weighting.scale={args.scale}",
+        ]
     if root:
         overrides += [f"data.{split}.root={root}" for split in ("source", "target", "val")]
     if SETTINGS[setting] == "dacs":
