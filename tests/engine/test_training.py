@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -192,7 +189,7 @@ def test_lr_schedule_poly_and_warmup():
 
 
 @pytest.mark.slow
-def test_two_process_ddp_training(minicity_root, tmp_path):
+def test_two_process_ddp_training(minicity_root, tmp_path, train_two_processes):
     """gbw train with 2 CPU processes (gloo): runs, and both ranks saw different data."""
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text("method: source_only\n")
@@ -207,24 +204,12 @@ def test_two_process_ddp_training(minicity_root, tmp_path):
         f"data.source.root={minicity_root}",
         f"data.target.root={minicity_root}",
         f"data.val.root={minicity_root}",
-        "train.accelerator=cpu",
-        "train.progress=false",
-        "train.devices=2",
-        "train.strategy=ddp",
         "train.max_iters=4",
         "train.log_every=2",
         "eval.subset=6",
         "weighting.name=gbw",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "gbw.cli", "train", str(cfg), *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_two_processes(cfg, overrides)
     run = tmp_path / "ddp"
     meta = json.loads((run / "meta.json").read_text())
     assert meta["world_size"] == 2

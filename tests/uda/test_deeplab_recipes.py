@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -410,7 +407,7 @@ def test_bench_step_sizes_come_from_the_recipe():
 
 
 @pytest.mark.slow
-def test_two_process_ddp_advent(minicity_root, tmp_path):
+def test_two_process_ddp_advent(minicity_root, tmp_path, train_two_processes):
     """AdvEnt with two discriminators under DDP (2 CPU processes, gloo): the frozen
     discriminators in the generator's step must not stall DDP's gradient reduction."""
     cfg = tmp_path / "ddp.yaml"
@@ -425,24 +422,12 @@ def test_two_process_ddp_advent(minicity_root, tmp_path):
         "data.batch_size=1",
         "data.num_workers=0",
         *[f"data.{s}.root={minicity_root}" for s in ("source", "target", "val")],
-        "train.accelerator=cpu",
-        "train.progress=false",
-        "train.devices=2",
-        "train.strategy=ddp",
         "train.max_iters=3",
         "train.log_every=1",
         "eval.subset=2",
         "weighting.name=gbw",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "gbw.cli", "train", str(cfg), *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_two_processes(cfg, overrides)
     assert json.loads((tmp_path / "ddp" / "meta.json").read_text())["world_size"] == 2
     rows = (tmp_path / "ddp" / "scalars.csv").read_text()
     assert rows.count(",loss/disc.trg,") == 3 and ",trg_ent/weight/road," in rows

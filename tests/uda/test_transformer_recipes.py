@@ -527,13 +527,10 @@ def test_missing_pretrained_file_names_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_hrda_trains_on_two_processes(minicity, tmp_path):
+def test_hrda_trains_on_two_processes(minicity, tmp_path, train_two_processes):
     """``gbw train`` with DDP on 2 CPU processes (gloo): HRDA's keyword forward (the detail
     crop's offset), its four GBW terms and rare-class sampling under DDP."""
     import json
-    import os
-    import subprocess
-    import sys
 
     cfg = tmp_path / "hrda.yaml"
     cfg.write_text("method: hrda\nmodel:\n  name: hrda_daformer_mit\n")
@@ -550,10 +547,6 @@ def test_hrda_trains_on_two_processes(minicity, tmp_path):
         "data.target.crop=[64,64]",
         "data.source.rcs=true",
         "data.source.rcs_min_pixels=200",
-        "train.accelerator=cpu",
-        "train.progress=false",
-        "train.devices=2",
-        "train.strategy=ddp",
         "train.max_iters=2",
         "train.log_every=1",
         "eval.subset=4",
@@ -562,15 +555,7 @@ def test_hrda_trains_on_two_processes(minicity, tmp_path):
         "eval.stride=[32,32]",
         "weighting.name=gbw",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "gbw.cli", "train", str(cfg), *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_two_processes(cfg, overrides)
     run = tmp_path / "ddp"
     assert json.loads((run / "meta.json").read_text())["world_size"] == 2
     summary = json.loads((run / "weights_summary.json").read_text())
