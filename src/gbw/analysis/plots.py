@@ -51,6 +51,41 @@ def weights_over_time(
     return Path(out)
 
 
+def _class_scatter(
+    x: Mapping[int, float],
+    y: Mapping[int, float],
+    names: Sequence[str],
+    out: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    log_x: bool = False,
+    zero_line: bool = False,
+) -> Path:
+    """One labelled, class-coloured point per class, with Spearman's rho in the title."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ids = [c for c in x if c in y and np.isfinite(y[c]) and (x[c] > 0 or not log_x)]
+    xs = np.array([x[c] for c in ids])
+    ys = np.array([y[c] for c in ids])
+    for c, xi, yi in zip(ids, xs, ys):
+        ax.scatter(xi, yi, color=_colour(c), edgecolor="k", lw=0.4, s=40)
+        ax.annotate(names[c], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if log_x:
+        ax.set_xscale("log")
+    if zero_line:
+        ax.axhline(0, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(ids) > 2:
+        title = f"{title}\nSpearman rho = {_spearman(xs, ys):+.2f}"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
 def max_weight_vs_frequency(
     max_weight: Mapping[int, float],
     source_share: Mapping[int, float],
@@ -58,25 +93,17 @@ def max_weight_vs_frequency(
     out: str | Path,
     title: str,
 ) -> Path:
-    """Scatter of each class's maximum weight over training against its source pixel share."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    ids = [c for c in max_weight if c in source_share and source_share[c] > 0]
-    x = np.array([source_share[c] for c in ids])
-    y = np.array([max_weight[c] for c in ids])
-    for c, xi, yi in zip(ids, x, y):
-        ax.scatter(xi, yi, color=_colour(c), edgecolor="k", lw=0.4, s=40)
-        ax.annotate(names[c], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("source pixel share (%)")
-    ax.set_ylabel("maximum GBW weight")
-    if len(ids) > 2:
-        rho = _spearman(x, y)
-        title = f"{title}\nSpearman rho = {rho:+.2f}"
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    """Each class's maximum weight over training against its source pixel share (Fig. 6a)."""
+    return _class_scatter(
+        source_share,
+        max_weight,
+        names,
+        out,
+        title,
+        "source pixel share (%)",
+        "maximum GBW weight",
+        log_x=True,
+    )
 
 
 def weight_std_vs_gain(
@@ -86,24 +113,17 @@ def weight_std_vs_gain(
     out: str | Path,
     title: str,
 ) -> Path:
-    """Scatter of each class's weight standard deviation against its IoU gain (points)."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    ids = [c for c in std if c in gain and np.isfinite(gain[c])]
-    x = np.array([std[c] for c in ids])
-    y = np.array([gain[c] for c in ids])
-    for c, xi, yi in zip(ids, x, y):
-        ax.scatter(xi, yi, color=_colour(c), edgecolor="k", lw=0.4, s=40)
-        ax.annotate(names[c], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(0, color="0.6", lw=0.8, ls="--")
-    ax.set_xlabel("std of the class weight over training")
-    ax.set_ylabel("IoU gain with GBW (points)")
-    if len(ids) > 2:
-        title = f"{title}\nSpearman rho = {_spearman(x, y):+.2f}"
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    """Each class's weight standard deviation against its IoU gain in points (Fig. 6b)."""
+    return _class_scatter(
+        std,
+        gain,
+        names,
+        out,
+        title,
+        "std of the class weight over training",
+        "IoU gain with GBW (points)",
+        zero_line=True,
+    )
 
 
 def qualitative(
