@@ -11,16 +11,21 @@ expected; all problems are collected before reporting, so one run lists every ba
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gbw.data.io import decode_rgb
 from gbw.data.prepare import stats_path
-from gbw.data.real import Pair, RealDataset, bad_train_ids, dataset_class, read_prepared_label
+from gbw.data.real import (
+    Pair,
+    RealDataset,
+    bad_train_ids,
+    dataset_class,
+    parallel_map,
+    read_prepared_label,
+)
 
 
 @dataclass
@@ -136,22 +141,6 @@ def _check_job(job: tuple[str, Pair, tuple[int, int] | None]) -> PairResult:
     return check_pair(dataset_class(name), pair, expected_size)
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def _map(jobs: list, workers: int) -> Iterator[PairResult]:
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(_check_job, jobs)
-        return
-    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
-        # imap (ordered) keeps the report in file order whatever the number of workers.
-        yield from pool.imap(_check_job, jobs, chunksize=4)
-
-
 def check_dataset(
     dataset: str,
     root: str | Path | None = None,
@@ -215,7 +204,7 @@ def check_dataset(
         ignored: dict[int, list[Path]] = {}
         typical = getattr(cls, "TYPICAL_SIZE", None)
         with bar:
-            for pair, result in zip(pairs, _map(jobs, workers)):
+            for pair, result in zip(pairs, parallel_map(_check_job, jobs, workers)):
                 report.problems += result.problems
                 if size is None and typical and result.image_size not in (None, typical):
                     odd_sizes[result.image_size] += 1  # type: ignore[index]

@@ -14,7 +14,6 @@ atomically) and removed. A second run finds every output in place and does no wo
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ from gbw.data.real import (
     RealDataset,
     _list_files,
     dataset_class,
+    parallel_map,
     read_prepared_label,
 )
 
@@ -200,12 +200,6 @@ def _prepare_one(job: _Job) -> dict:
     }
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-
-
 # --- the whole dataset --------------------------------------------------------------------------
 
 
@@ -309,7 +303,7 @@ def prepare_split(
                 dynamic_ncols=True,
             ) as bar,
         ):
-            for result in _run(todo, workers):
+            for result in parallel_map(_prepare_one, todo, workers, ordered=False):
                 bar.update(1)
                 if on_result is not None:
                     on_result(result)
@@ -352,15 +346,6 @@ def _stats_names(path: Path) -> list[str] | None:
         return _read_gbw_stats(path)[0]
     except (ValueError, KeyError):
         return None
-
-
-def _run(jobs: list[_Job], workers: int) -> Iterable[dict]:
-    if workers <= 1 or len(jobs) == 1:
-        yield from map(_prepare_one, jobs)
-        return
-    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(_prepare_one, jobs, chunksize=4)
 
 
 def prepare_dataset(

@@ -11,11 +11,12 @@ otherwise, with one vectorised table lookup.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -336,6 +337,26 @@ class FlatFolderDataset(RealDataset):
     def list_raw_labels(cls, root: Path, split: str) -> list[Path]:
         base = root / cls.label_dir(split)
         return [base / n for n in _list_files(base, ".png") if not n.endswith(TRAIN_ID_SUFFIX)]
+
+
+def _init_cv_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def parallel_map(
+    fn: Callable[[Any], Any], jobs: list, workers: int, *, ordered: bool = True
+) -> Iterator[Any]:
+    """``map(fn, jobs)`` over ``workers`` processes (in this process when 1); ``ordered``
+    keeps results in job order (``check``'s report), else they come as they finish."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    with ctx.Pool(workers, initializer=_init_cv_worker) as pool:
+        imap = pool.imap if ordered else pool.imap_unordered
+        yield from imap(fn, jobs, chunksize=4)
 
 
 def read_prepared_label(path: Path) -> np.ndarray:
