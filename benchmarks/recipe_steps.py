@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per recipe")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/recipe_steps.md"))
+    p.add_argument("--title", default=None, help="heading of the appended table")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every config")
     args = p.parse_args(argv)
 
@@ -73,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                 row["source_hw"] = tuple(row["source_hw"])
                 row["target_hw"] = tuple(row["target_hw"]) if row["target_hw"] else None
                 timings.append(StepTiming(**row))
-    text = markdown(timings, "DeepLabV2-era recipes: training step on random data")
+    title = args.title or (
+        "Recipes: training step on random data"
+        if args.configs
+        else "DeepLabV2-era recipes: training step on random data"
+    )
+    text = markdown(timings, title)
     if failed:
         text += "\n\nFailed: " + "; ".join(failed)
     print(text)

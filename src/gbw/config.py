@@ -111,7 +111,11 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed
-    deterministic: bool = True  # deterministic algorithms (CPU results bit-reproducible)
+    # deterministic algorithms: null = on for the CPU (bit-reproducible), off for CUDA (fast)
+    deterministic: bool | None = None
+    cuda_graph: bool = False  # capture the whole iteration as one CUDA graph (one GPU)
+    cuda_graph_warmup: int = 3  # eager iterations before the capture
+    channels_last: bool = False  # NHWC images and conv weights
     grad_clip: float = 0.0
     progress: bool = True
 

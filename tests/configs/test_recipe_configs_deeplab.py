@@ -11,7 +11,8 @@ import torch
 from recipes import DEEPLAB_COMMON, RECIPES, SOURCE_SIZE, TABLE_4B, TARGET_SIZE
 
 from gbw.config import ExperimentConfig, load_config, method_config, to_dict
-from gbw.engine.trainer import build_method, lr_factor
+from gbw.engine.stepper import lr_factor
+from gbw.engine.trainer import build_method
 from gbw.uda.registry import method_class
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gbw.config import ExperimentConfig, load_config, method_config
-from gbw.engine.trainer import lr_factor
+from gbw.engine.stepper import lr_factor
 from gbw.uda.registry import method_class
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

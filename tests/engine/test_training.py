@@ -10,7 +10,8 @@ import torch
 
 from gbw.config import ConfigError, load_config
 from gbw.engine.checkpoint import CheckpointError, load_checkpoint
-from gbw.engine.trainer import RunExistsError, lr_factor, train
+from gbw.engine.stepper import lr_factor
+from gbw.engine.trainer import RunExistsError, train
 
 
 def _method_state(run_dir: Path) -> dict[str, torch.Tensor]:

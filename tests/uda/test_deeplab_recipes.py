@@ -369,7 +369,8 @@ def test_bench_step_cli_runs_a_real_recipe_on_the_cpu(tmp_path):
     assert set(row["losses"]) == LOSSES["advent"]
     assert all(math.isfinite(v) for v in row["losses"].values())
     table = out.read_text()
-    assert "advent/gta2cs.yaml | gbw | 1 | 41x33 / 41x33 |" in table and "torch " in table
+    assert "advent/gta2cs.yaml | eager + deterministic | gbw | 1 | 41x33 / 41x33 |" in table
+    assert "torch " in table
 
 
 def test_bench_step_with_and_without_gbw(tmp_path):
@@ -388,7 +389,7 @@ def test_bench_step_with_and_without_gbw(tmp_path):
     (share,) = gbw_share(timings).values()
     assert share == pytest.approx(1 - timings[0].seconds / timings[1].seconds)
     table = markdown(timings)
-    assert "| experiment | none | 2 | 48x32 / 48x32 |" in table
+    assert "| experiment | eager + deterministic | none | 2 | 48x32 / 48x32 |" in table
     assert table.splitlines()[-1].endswith(f"| {100 * share:+.1f} % |")
 
 

@@ -57,6 +57,7 @@ class StepTiming:
     weighting: str
     device: str
     precision: str
+    mode: str  # eager | cuda-graph, + channels-last, + deterministic
     batch: int
     source_hw: tuple[int, int]
     target_hw: tuple[int, int] | None
@@ -140,12 +141,17 @@ def bench_step(
     seed: int = 0,
 ) -> StepTiming:
     """Time ``iters`` training iterations of ``exp`` on random data (after ``warmup``)."""
+    from gbw.engine.stepper import make_step_runner
     from gbw.engine.tracking import WeightTracker
-    from gbw.engine.trainer import _make_fabric, lr_factor, setup_method
-    from gbw.uda.base import Step
+    from gbw.engine.trainer import _make_fabric, deterministic, setup_method
 
     if iters < 1 or warmup < 0:
         raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}")
+    if exp.train.cuda_graph and warmup <= exp.train.cuda_graph_warmup:
+        raise ValueError(
+            f"--warmup ({warmup}) must exceed train.cuda_graph_warmup "
+            f"({exp.train.cuda_graph_warmup}) so that only graph replays are timed"
+        )
     exp = dataclasses.replace(
         exp,
         model=dataclasses.replace(exp.model, pretrained=""),
@@ -156,9 +162,13 @@ def bench_step(
     fabric = _make_fabric(exp)
     fabric.launch()
     torch.manual_seed(seed)
-    with _deterministic(exp.train.deterministic):
+    device = fabric.device
+    det = deterministic(exp, device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as gbw.engine.trainer
+    with _deterministic(det):
         method, optimizers = setup_method(fabric, exp)
-        device = fabric.device
+        run_step = make_step_runner(fabric, exp, method, optimizers)
         gen = torch.Generator(device=device).manual_seed(seed)
         c = exp.model.num_classes
         bs = exp.data.batch_size
@@ -175,14 +185,7 @@ def bench_step(
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-            factor = lr_factor(exp, it)
-            for opt in optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
-            step = Step(it, fabric.backward, optimizers, exp.train.max_iters)
-            with fabric.autocast():
-                logs = method.training_step(source, target, step)
-            method.after_optimizer_step(step)
+            logs = run_step(it, source, target)
             tracker.update(method.weighting_logs())
             if cuda:
                 torch.cuda.synchronize(device)
@@ -197,6 +200,7 @@ def bench_step(
             weighting=exp.weighting.name,
             device=device_name,
             precision=str(fabric.strategy.precision.precision),
+            mode=step_mode(exp, det),
             batch=bs,
             source_hw=src_hw,
             target_hw=trg_hw,
@@ -214,6 +218,16 @@ def bench_step(
     return result
 
 
+def step_mode(exp: ExperimentConfig, deterministic: bool) -> str:
+    """How the step ran: ``eager`` or ``cuda-graph``, plus the layout and kernel choices."""
+    parts = ["cuda-graph" if exp.train.cuda_graph else "eager"]
+    if exp.train.channels_last:
+        parts.append("channels-last")
+    if deterministic:
+        parts.append("deterministic")
+    return " + ".join(parts)
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -227,12 +241,16 @@ def _cpu_name() -> str:
 
 def gbw_share(timings: Sequence[StepTiming]) -> dict[str, float]:
     """``(t_w - t_none) / t_w`` for every weighting ``w`` measured with ``none`` alongside."""
-    base = {(t.config, t.name): t.seconds for t in timings if t.weighting == "none"}
+    base = {(t.config, t.name, t.mode): t.seconds for t in timings if t.weighting == "none"}
     return {
-        f"{t.config}|{t.name}|{t.weighting}": (t.seconds - base[(t.config, t.name)]) / t.seconds
+        _key(t): (t.seconds - base[(t.config, t.name, t.mode)]) / t.seconds
         for t in timings
-        if t.weighting != "none" and (t.config, t.name) in base
+        if t.weighting != "none" and (t.config, t.name, t.mode) in base
     }
+
+
+def _key(t: StepTiming) -> str:
+    return f"{t.config}|{t.name}|{t.mode}|{t.weighting}"
 
 
 def _hw(hw: tuple[int, int] | None) -> str:
@@ -252,14 +270,14 @@ def markdown(timings: Sequence[StepTiming], title: str | None = None) -> str:
         f"precision {first.precision}; median of {first.iters} iterations after "
         f"{first.warmup} warm-up; data loading not included.",
         "",
-        "| recipe | weighting | batch | source / target (WxH) | s/it | peak GiB | "
+        "| recipe | mode | weighting | batch | source / target (WxH) | s/it | peak GiB | "
         "iterations | projected run (h) | GBW share of the step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in timings:
-        share = shares.get(f"{t.config}|{t.name}|{t.weighting}")
+        share = shares.get(_key(t))
         lines.append(
-            f"| {t.config or t.name} | {t.weighting} | {t.batch} | "
+            f"| {t.config or t.name} | {t.mode} | {t.weighting} | {t.batch} | "
             f"{_hw(t.source_hw)} / {_hw(t.target_hw)} | {t.seconds:.3f} | "
             f"{'-' if t.peak_gib is None else f'{t.peak_gib:.1f}'} | {t.max_iters} | "
             f"{t.projected_hours:.1f} | {'-' if share is None else f'{100 * share:+.1f} %'} |"

@@ -33,8 +33,9 @@ from gbw.engine.data import (
 )
 from gbw.engine.evaluate import evaluate
 from gbw.engine.logger import RunLogger
+from gbw.engine.stepper import make_step_runner
 from gbw.engine.tracking import WeightTracker
-from gbw.uda.base import Step, UDAMethod
+from gbw.uda.base import UDAMethod
 from gbw.uda.registry import method_class
 from gbw.weighting import ClassWeighting, NoWeighting, make_weighting
 
@@ -49,23 +50,6 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     seconds: float = 0.0
-
-
-def lr_factor(exp: ExperimentConfig, step: int) -> float:
-    """mmcv's poly schedule with optional linear warm-up (DAFormer: 1500 iters, ratio 1e-6)."""
-    o = exp.optim
-    total = o.schedule_iters or exp.train.max_iters
-    if o.schedule == "constant":
-        factor = 1.0
-    elif o.schedule == "poly":
-        progress = min(step, total) / max(total, 1)
-        factor = (1 - progress) ** o.power
-        factor = (1 - o.min_lr / o.lr) * factor + o.min_lr / o.lr if o.lr > 0 else factor
-    else:
-        raise ValueError(f"optim.schedule must be poly or constant, got {o.schedule!r}")
-    if o.warmup_iters and step < o.warmup_iters:
-        factor *= 1 - (1 - step / o.warmup_iters) * (1 - o.warmup_ratio)
-    return factor
 
 
 def weighting_factory(exp: ExperimentConfig):
@@ -123,6 +107,8 @@ def setup_method(fabric: Any, exp: ExperimentConfig) -> tuple[UDAMethod, dict[st
     method = build_method(exp)
     optimizers = method.configure_optimizers()
     method.to(fabric.device)
+    if exp.train.channels_last:  # 4-D weights NHWC: cuDNN's fastest layout for bf16 convs
+        method.to(memory_format=torch.channels_last)
     for name, opt in list(optimizers.items()):
         module, optimizers[name] = fabric.setup(getattr(method, name), opt)
         object.__setattr__(method, name, module)
@@ -130,6 +116,27 @@ def setup_method(fabric: Any, exp: ExperimentConfig) -> tuple[UDAMethod, dict[st
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
     return method, optimizers
+
+
+def deterministic(exp: ExperimentConfig, device: torch.device) -> bool:
+    """``train.deterministic``, where ``null`` (auto) means on for the CPU, off for CUDA.
+
+    Deterministic kernels make CPU runs bit-reproducible (and resumes bit-identical); on a GPU
+    they cost a DAFormer step ~40% (H200, BENCHMARKS.md), and the references (mmseg's
+    ``deterministic=False``) train without them.
+    """
+    flag = exp.train.deterministic
+    return device.type != "cuda" if flag is None else bool(flag)
+
+
+def configure_kernels(exp: ExperimentConfig, device: torch.device) -> None:
+    """Deterministic algorithms (see :func:`deterministic`) and TF32 for fp32 matmuls on CUDA."""
+    if deterministic(exp, device):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if device.type == "cuda":
+        # the fp32 work outside autocast (GBW's statistics, losses) may use TF32 tensor cores
+        torch.set_float32_matmul_precision("high")
 
 
 def _versions() -> dict[str, str]:
@@ -218,9 +225,7 @@ def train(
 
     # Determinism: seeded everything; deterministic kernels where they exist (warn elsewhere).
     fabric.seed_everything(exp.seed, workers=False, verbose=False)
-    if exp.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    configure_kernels(exp, fabric.device)
 
     state = None
     start = 0
@@ -342,22 +347,16 @@ def train(
         return values
 
     last_miou = float("nan")
+    run_step = make_step_runner(fabric, exp, method, optimizers)
     for it in range(start, exp.train.max_iters):
-        factor = lr_factor(exp, it)
-        for opt in optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * factor
         src = next(src_iter)
         tgt = next(tgt_iter) if tgt_iter is not None else None
-        step = Step(it, fabric.backward, optimizers, exp.train.max_iters)
-        with fabric.autocast():
-            logs = method.training_step(src, tgt, step)
-        method.after_optimizer_step(step)
+        logs = run_step(it, src, tgt)
         tracker.update(method.weighting_logs())
         done = it + 1
         if done % exp.train.log_every == 0 or done == exp.train.max_iters:
             scalars = {f"loss/{k}": v for k, v in logs.items()}
-            scalars["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
+            scalars["lr"] = float(next(iter(optimizers.values())).param_groups[0]["lr"])
             scalars |= tracker.interval_means()
             logger.log(done, scalars)
             if bar is not None:

@@ -27,7 +27,7 @@ Batch = dict[str, Any]  # "image" (B,3,H,W) in [0,1], "label" (B,H,W) when label
 class Step:
     """What a method may use during one iteration (handed in by the engine)."""
 
-    index: int  # 0-based iteration number
+    index: int | Tensor  # 0-based iteration number (a 0-d device tensor in CUDA-graph mode)
     backward: Callable[[Tensor], None]  # precision- and DDP-aware backward
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     max_iters: int = 1
@@ -167,6 +167,10 @@ class UDAMethod(nn.Module):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def generators(self) -> list[torch.Generator]:
+        """The method's own random generators in use (registered with a captured CUDA graph)."""
+        return []
 
     def weighting_logs(self) -> dict[str, Tensor]:
         """Per-term diagnostics of the class weightings, keyed ``<term>/<what>``."""

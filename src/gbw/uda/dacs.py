@@ -172,6 +172,9 @@ class DACS(UDAMethod):
         # after step i-1's optimiser step is the same update.
         self.teacher.update(self._modules["model"], step.index + 1)
 
+    def generators(self) -> list[torch.Generator]:
+        return [self._gen] if self._gen is not None else []
+
     def extra_state(self) -> dict[str, Any]:
         return {"generator": self._gen.get_state()} if self._gen is not None else {}
 

@@ -163,7 +163,10 @@ class _QPWeighting(ClassWeighting):
         v = v.float()
         self.last_g, self.last_weights = g.detach(), v.detach()
         fb = fell_back.long().reshape(())
-        self.fallbacks = fb if self.fallbacks is None else self.fallbacks + fb
+        if self.fallbacks is None or self.fallbacks.device != fb.device:
+            self.fallbacks = torch.zeros_like(fb)
+        # in place, so that a step captured in a CUDA graph keeps counting on every replay
+        self.fallbacks.add_(fb)
         self.calls += 1
         return v
 

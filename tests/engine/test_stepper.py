@@ -1,0 +1,235 @@
+"""The step runners: eager, channels-last and the captured whole-iteration CUDA graph.
+
+The CPU tests check what graph mode changes in the optimisers and its errors; the CUDA tests
+(skipped without a GPU) check that replaying the captured iteration trains exactly like the
+eager loop, refills its inputs every iteration, and runs every method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from gbw.config import ExperimentConfig, load_config
+from gbw.engine.stepper import (
+    GraphedStepRunner,
+    StepRunner,
+    _fill,
+    make_capturable,
+    make_step_runner,
+    set_learning_rates,
+)
+from gbw.engine.trainer import _make_fabric, setup_method
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+TINY_DEEPLAB = (
+    "model.kwargs={widths: [8, 8, 16, 16], aspp_channels: 8, decoder_channels: 8, aux: %s}"
+)
+TINY_MIT = ["model.kwargs.encoder=tiny", "model.kwargs.embed_dim=16", "model.kwargs.channels=16"]
+HRDA_TINY = ["model.kwargs.detail_crop=[32,32]", "model.kwargs.attention_embed_dim=16"]
+#: (model, extra overrides) per method, tiny networks
+MODELS = {
+    "source_only": ("tinyseg", [TINY_DEEPLAB % "false"]),
+    "dacs": ("tinyseg", [TINY_DEEPLAB % "false"]),
+    "advent": ("tinyseg", [TINY_DEEPLAB % "true", "uda.disc_ndf=8"]),
+    "minent": ("tinyseg", [TINY_DEEPLAB % "true"]),
+    "adaptsegnet": ("tinyseg", [TINY_DEEPLAB % "true", "uda.disc_ndf=8"]),
+    "daformer": ("daformer_mit", TINY_MIT),
+    "hrda": ("hrda_daformer_mit", [*TINY_MIT, *HRDA_TINY]),
+    "mic": ("hrda_daformer_mit", [*TINY_MIT, *HRDA_TINY, "uda.mask_block_size=16"]),
+}
+
+
+def config(method: str, *extra: str, accelerator: str = "cpu") -> ExperimentConfig:
+    model, more = MODELS[method]
+    pseudo = ["uda.pseudo_threshold=0.0"] if method in ("dacs", "daformer", "hrda", "mic") else []
+    return load_config(
+        None,
+        [
+            f"method={method}",
+            f"model.name={model}",
+            *more,
+            *pseudo,
+            "weighting.name=gbw",
+            "optim.lr=0.01",
+            "optim.head_lr_mult=1.0",
+            f"train.accelerator={accelerator}",
+            "train.deterministic=false",
+            "train.max_iters=100",
+            *extra,
+        ],
+    )
+
+
+def batches(n: int, size: int, device: torch.device | str, seed: int = 0) -> list[tuple]:
+    """``n`` different (source, target) pairs: graph replays must see each one."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        label = torch.randint(0, 19, (2, size, size), generator=g)
+        label[:, :2] = 255
+        src = {"image": torch.rand(2, 3, size, size, generator=g), "label": label}
+        tgt = {"image": torch.rand(2, 3, size, size, generator=g)}
+        out.append(tuple({k: v.to(device) for k, v in b.items()} for b in (src, tgt)))
+    return out
+
+
+def train_steps(exp: ExperimentConfig, data: list[tuple], seed: int = 0):
+    """Run ``len(data)`` iterations with the runner ``exp`` asks for; (method, logs per step)."""
+    fabric = _make_fabric(exp)
+    torch.manual_seed(seed)
+    method, optimizers = setup_method(fabric, exp)
+    runner = make_step_runner(fabric, exp, method, optimizers)
+    logs = []
+    for it, (src, tgt) in enumerate(data):
+        out = runner(it, src, tgt if method.uses_target else None)
+        logs.append({k: float(v) for k, v in out.items()})  # read before the next replay
+    return method, runner, logs
+
+
+# ---------------------------------------------------------------------------------- CPU
+
+
+def test_make_capturable_gives_device_learning_rates_and_capturable_kernels():
+    net = torch.nn.Linear(3, 2)
+    sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    adamw = torch.optim.AdamW(net.parameters(), lr=0.01)
+    optimizers = {"sgd": sgd, "adamw": adamw}
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    make_capturable(optimizers, torch.device("cpu"))
+    assert sgd.param_groups[0]["fused"] and adamw.param_groups[0]["capturable"]
+    lr = sgd.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(0.1)
+    set_learning_rates(optimizers, 0.5)
+    assert sgd.param_groups[0]["lr"] is lr  # filled in place: a captured graph reads it
+    assert float(lr) == pytest.approx(0.05)
+    assert float(adamw.param_groups[0]["lr"]) == pytest.approx(0.005)
+
+
+def test_fused_sgd_with_a_tensor_learning_rate_steps_like_plain_sgd():
+    """Graph mode's SGD (fused kernel, device learning rate) computes the references' update."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for group in opt_b.param_groups:
+        group["initial_lr"] = group["lr"]
+    make_capturable({"model": opt_b}, torch.device("cpu"))
+    for step in range(4):
+        x = torch.randn(5, 4)
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+        opt_a.param_groups[0]["lr"] = 0.1 * (1 - step / 4)
+        set_learning_rates({"model": opt_b}, 1 - step / 4)
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_make_capturable_refuses_a_stepped_or_unknown_optimiser():
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    with pytest.raises(ValueError, match="already stepped"):
+        make_capturable({"model": opt}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="RMSprop"):
+        make_capturable({"d": torch.optim.RMSprop(net.parameters())}, torch.device("cpu"))
+
+
+def test_graph_mode_needs_cuda_with_a_clear_error():
+    exp = config("source_only", "train.cuda_graph=true")
+    fabric = _make_fabric(exp)
+    method, optimizers = setup_method(fabric, exp)
+    with pytest.raises(ValueError, match=r"train\.cuda_graph needs a CUDA device"):
+        GraphedStepRunner(fabric, exp, method, optimizers)
+
+
+def test_static_inputs_refuse_a_batch_of_another_shape():
+    static = {"image": torch.zeros(2, 3, 8, 8), "name": ["a", "b"]}
+    _fill(static, {"image": torch.ones(2, 3, 8, 8), "name": ["c", "d"]}, 5)
+    assert static["image"].eq(1).all()
+    with pytest.raises(ValueError, match=r"iteration 6: batch key 'image' is .*\(2, 3, 8, 9\)"):
+        _fill(static, {"image": torch.ones(2, 3, 8, 9)}, 6)
+    with pytest.raises(ValueError, match="'image' is missing"):
+        _fill(static, {}, 7)
+
+
+def test_eager_runner_is_the_loop_it_replaced():
+    """StepRunner = set learning rates, training_step, after_optimizer_step (DACS: EMA)."""
+    exp = config("dacs")
+    method, runner, logs = train_steps(exp, batches(3, 32, "cpu"))
+    assert type(runner) is StepRunner
+    assert all(math.isfinite(v) for step in logs for v in step.values())
+    lr = runner.optimizers["model"].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.01 * (1 - 2 / 100) ** 0.9)
+    student = list(method._modules["model"].parameters())
+    teacher = list(method.teacher.model.parameters())
+    assert not all(torch.equal(s, t) for s, t in zip(student, teacher, strict=True))
+
+
+def test_channels_last_trains_with_nhwc_weights_and_images():
+    exp = config("dacs", "train.channels_last=true")
+    method, runner, logs = train_steps(exp, batches(2, 32, "cpu"))
+    convs = [p for p in method._modules["model"].parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    prepared = runner.prepare({"image": torch.rand(2, 3, 8, 8), "label": torch.zeros(2, 8, 8)})
+    assert prepared["image"].is_contiguous(memory_format=torch.channels_last)
+    eager = train_steps(
+        dataclasses.replace(exp, train=dataclasses.replace(exp.train, channels_last=False)),
+        batches(2, 32, "cpu"),
+    )[2]
+    for a, b in zip(logs, eager, strict=True):  # same numbers, other memory layout
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------- CUDA
+
+
+@needs_cuda
+def test_graph_replay_trains_exactly_like_the_eager_loop():
+    """Source-only, fp32: the captured iteration, replayed on 8 different batches, gives the
+    eager loop's losses and parameters (fused vs for-each SGD: rounding only)."""
+    data = batches(8, 64, "cuda", seed=1)
+    eager = config("source_only", "train.precision=32-true", accelerator="cuda")
+    graph = config(
+        "source_only",
+        "train.precision=32-true",
+        "train.cuda_graph=true",
+        "train.cuda_graph_warmup=2",
+        accelerator="cuda",
+    )
+    m_eager, _, logs_eager = train_steps(eager, data)
+    m_graph, runner, logs_graph = train_steps(graph, data)
+    assert runner.graph is not None  # iterations 3..7 were replays
+    for a, b in zip(logs_eager, logs_graph, strict=True):
+        assert a["src.ce"] == pytest.approx(b["src.ce"], rel=1e-3)
+    assert len({round(step["src.ce"], 6) for step in logs_graph[3:]}) == 5  # new batch each time
+    for p, q in zip(m_eager.parameters(), m_graph.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", sorted(MODELS))
+def test_graph_mode_runs_every_method_in_bf16(method):
+    data = batches(7, 64, "cuda", seed=2)
+    exp = config(method, "train.cuda_graph=true", "train.cuda_graph_warmup=2", accelerator="cuda")
+    m, runner, logs = train_steps(exp, data)
+    assert runner.graph is not None
+    assert all(math.isfinite(v) for step in logs for v in step.values())
+    assert len({tuple(step.values()) for step in logs[3:]}) == 4  # every replay recomputes
+    weights = m.weighting_logs()
+    assert weights and all(torch.isfinite(v).all() for v in weights.values())
+    if hasattr(m, "teacher"):  # the EMA teacher follows the student inside the graph
+        s = next(m._modules["model"].parameters())
+        t = next(m.teacher.model.parameters())
+        assert not torch.equal(s, t) and (s - t).abs().max() < 1
