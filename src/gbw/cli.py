@@ -144,8 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train one experiment from a YAML config",
-        description="Train one experiment. Any config key can be overridden as "
-        "key=value; unknown keys are rejected with a hint.",
+        description="Train one experiment. Any config key can be overridden as key=value;\n"
+        "unknown keys are rejected with a hint.\n\n"
+        "Speed keys (README, 'Training fast on a GPU'):\n"
+        "  train.cuda_graph     null (default): on for one CUDA device; the whole iteration\n"
+        "                       is captured once as a CUDA graph and replayed\n"
+        "  train.deterministic  null (default): on for the CPU, off for CUDA\n"
+        "  train.precision      auto (default): bf16-mixed on a GPU, 32-true on the CPU\n"
+        "  train.compile, train.channels_last   false by default",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML experiment file (see configs/)")
     _add_overrides(p)

@@ -113,8 +113,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed
     # deterministic algorithms: null = on for the CPU (bit-reproducible), off for CUDA (fast)
     deterministic: bool | None = None
-    cuda_graph: bool = False  # capture the whole iteration as one CUDA graph (one GPU)
+    # capture the whole iteration as one CUDA graph: null = on for one CUDA device, else off
+    cuda_graph: bool | None = None
     cuda_graph_warmup: int = 3  # eager iterations before the capture
+    compile: bool = False  # torch.compile the networks (instead of a CUDA graph)
     channels_last: bool = False  # NHWC images and conv weights
     grad_clip: float = 0.0
     progress: bool = True

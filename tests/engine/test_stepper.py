@@ -18,6 +18,7 @@ from gbw.engine.stepper import (
     GraphedStepRunner,
     StepRunner,
     _fill,
+    graph_mode,
     make_capturable,
     make_step_runner,
     set_learning_rates,
@@ -135,13 +136,19 @@ def test_fused_sgd_with_a_tensor_learning_rate_steps_like_plain_sgd():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
-def test_make_capturable_refuses_a_stepped_or_unknown_optimiser():
+def test_make_capturable_takes_a_resumed_optimiser_and_refuses_an_unknown_one():
     net = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
     net(torch.ones(1, 2)).sum().backward()
     opt.step()
-    with pytest.raises(ValueError, match="already stepped"):
-        make_capturable({"model": opt}, torch.device("cpu"))
+    state = opt.state_dict()  # as a checkpoint stores it, then loaded into a fresh optimiser
+    fresh = torch.optim.Adam(net.parameters(), lr=0.1)
+    fresh.load_state_dict(state)
+    make_capturable({"model": fresh}, torch.device("cpu"))
+    group = fresh.param_groups[0]
+    assert group["capturable"] and isinstance(group["lr"], torch.Tensor)
+    steps = [s["step"] for s in fresh.state.values()]
+    assert steps and all(s.dtype == torch.float32 and float(s) == 1 for s in steps)
     with pytest.raises(ValueError, match="RMSprop"):
         make_capturable({"d": torch.optim.RMSprop(net.parameters())}, torch.device("cpu"))
 
@@ -152,6 +159,21 @@ def test_graph_mode_needs_cuda_with_a_clear_error():
     method, optimizers = setup_method(fabric, exp)
     with pytest.raises(ValueError, match=r"train\.cuda_graph needs a CUDA device"):
         GraphedStepRunner(fabric, exp, method, optimizers)
+
+
+def test_graph_mode_is_on_by_default_for_one_cuda_device_only():
+    from types import SimpleNamespace
+
+    def fabric(kind: str, world: int) -> SimpleNamespace:
+        return SimpleNamespace(device=torch.device(kind), world_size=world)
+
+    auto = config("dacs")
+    assert auto.train.cuda_graph is None
+    assert graph_mode(auto, fabric("cuda", 1))
+    assert not graph_mode(auto, fabric("cuda", 2)) and not graph_mode(auto, fabric("cpu", 1))
+    off = config("dacs", "train.cuda_graph=false")
+    assert not graph_mode(off, fabric("cuda", 1))
+    assert graph_mode(config("dacs", "train.cuda_graph=true"), fabric("cpu", 1))  # then errors
 
 
 def test_static_inputs_refuse_a_batch_of_another_shape():
@@ -192,6 +214,23 @@ def test_channels_last_trains_with_nhwc_weights_and_images():
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_networks_train_like_eager_ones():
+    """``train.compile``: same losses as eager (Inductor on the CPU), same parameter names."""
+    data = batches(2, 32, "cpu", seed=3)
+    exp = config("dacs", "train.compile=true")
+    m, runner, logs = train_steps(exp, data)
+    eager_m, _, eager = train_steps(config("dacs"), data)
+    assert type(runner) is StepRunner
+    assert m._modules["model"]._compiled_call_impl is not None  # nn.Module.compile, in place
+    assert m._modules["teacher"]._compiled_call_impl is not None
+    assert list(m.state_dict()) == list(eager_m.state_dict())
+    for a, b in zip(logs, eager, strict=True):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+    with pytest.raises(ValueError, match="alternatives"):
+        graph_mode(config("dacs", "train.compile=true", "train.cuda_graph=true"), None)
+
+
 # --------------------------------------------------------------------------------- CUDA
 
 
@@ -200,7 +239,9 @@ def test_graph_replay_trains_exactly_like_the_eager_loop():
     """Source-only, fp32: the captured iteration, replayed on 8 different batches, gives the
     eager loop's losses and parameters (fused vs for-each SGD: rounding only)."""
     data = batches(8, 64, "cuda", seed=1)
-    eager = config("source_only", "train.precision=32-true", accelerator="cuda")
+    eager = config(
+        "source_only", "train.precision=32-true", "train.cuda_graph=false", accelerator="cuda"
+    )
     graph = config(
         "source_only",
         "train.precision=32-true",
@@ -233,3 +274,31 @@ def test_graph_mode_runs_every_method_in_bf16(method):
         s = next(m._modules["model"].parameters())
         t = next(m.teacher.model.parameters())
         assert not torch.equal(s, t) and (s - t).abs().max() < 1
+
+
+@needs_cuda
+def test_gbw_train_in_graph_mode_logs_checkpoints_and_resumes(minicity_root, tmp_path, tiny_config):
+    """``gbw train`` with ``train.cuda_graph``: real loader (2 workers, pinned memory), logs
+    and checkpoints from replays, and a resume that captures again."""
+    from gbw.engine.trainer import train
+
+    args = (
+        "method=dacs",
+        "weighting.name=gbw",
+        "train.accelerator=cuda",
+        "train.cuda_graph=true",
+        "train.cuda_graph_warmup=2",
+        "train.ckpt_every=4",
+        "data.num_workers=2",
+        "uda.pseudo_threshold=0.0",
+    )
+    first = train(tiny_config(minicity_root, str(tmp_path), *args, "train.max_iters=6"))
+    rows = (first.run_dir / "scalars.csv").read_text().splitlines()
+    losses = [float(r.split(",")[2]) for r in rows if ",loss/mix.ce," in r]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert len(set(losses)) == 3
+    assert any(",mix/weight/road," in r for r in rows)
+    resumed = train(
+        tiny_config(minicity_root, str(tmp_path), *args, "train.max_iters=10"), resume=True
+    )
+    assert resumed.steps == 4 and 0.0 <= resumed.metrics["mIoU"] <= 1.0

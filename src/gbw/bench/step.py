@@ -9,7 +9,9 @@ evaluation and checkpoints.
 
 Reported per class weighting (``--weightings``, default ``none,gbw``, each in its own fresh
 build, one after the other in this process): the median seconds per iteration after
-``--warmup`` iterations, the peak GPU memory allocated during the timed iterations, the
+``--warmup`` iterations, the peak GPU memory allocated during the timed iterations and the
+peak memory the process reserved over the whole build (warm-up included; in CUDA-graph mode
+the graph's private memory pool is reserved, not allocated, so only this figure sees it), the
 projected time of the recipe's whole run (``train.max_iters`` x median), and GBW's share of the
 step, ``(t_gbw - t_none) / t_gbw``.
 
@@ -57,7 +59,7 @@ class StepTiming:
     weighting: str
     device: str
     precision: str
-    mode: str  # eager | cuda-graph, + channels-last, + deterministic
+    mode: str  # eager | cuda-graph, + compile, + channels-last, + deterministic
     batch: int
     source_hw: tuple[int, int]
     target_hw: tuple[int, int] | None
@@ -66,6 +68,7 @@ class StepTiming:
     seconds: float  # median seconds per iteration
     seconds_mean: float
     peak_gib: float | None  # CUDA allocator peak during the timed iterations; None on the CPU
+    reserved_gib: float | None  # peak reserved by the caching allocator, warm-up included
     max_iters: int
     losses: dict[str, float]  # the last iteration's logged losses (all must be finite)
 
@@ -141,17 +144,12 @@ def bench_step(
     seed: int = 0,
 ) -> StepTiming:
     """Time ``iters`` training iterations of ``exp`` on random data (after ``warmup``)."""
-    from gbw.engine.stepper import make_step_runner
+    from gbw.engine.stepper import graph_mode, make_step_runner
     from gbw.engine.tracking import WeightTracker
     from gbw.engine.trainer import _make_fabric, deterministic, setup_method
 
     if iters < 1 or warmup < 0:
         raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}")
-    if exp.train.cuda_graph and warmup <= exp.train.cuda_graph_warmup:
-        raise ValueError(
-            f"--warmup ({warmup}) must exceed train.cuda_graph_warmup "
-            f"({exp.train.cuda_graph_warmup}) so that only graph replays are timed"
-        )
     exp = dataclasses.replace(
         exp,
         model=dataclasses.replace(exp.model, pretrained=""),
@@ -164,8 +162,16 @@ def bench_step(
     torch.manual_seed(seed)
     device = fabric.device
     det = deterministic(exp, device)
+    graphed = graph_mode(exp, fabric)
+    if graphed and warmup <= exp.train.cuda_graph_warmup:
+        raise ValueError(
+            f"--warmup ({warmup}) must exceed train.cuda_graph_warmup "
+            f"({exp.train.cuda_graph_warmup}) so that only graph replays are timed"
+        )
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as gbw.engine.trainer
+        torch.cuda.empty_cache()  # this build's memory figures are its own
+        torch.cuda.reset_peak_memory_stats(device)
     with _deterministic(det):
         method, optimizers = setup_method(fabric, exp)
         run_step = make_step_runner(fabric, exp, method, optimizers)
@@ -180,9 +186,11 @@ def bench_step(
         cuda = device.type == "cuda"
         times: list[float] = []
         logs: dict[str, torch.Tensor] = {}
+        reserved_warmup = 0.0
         for it in range(warmup + iters):
             if it == warmup and cuda:
                 torch.cuda.synchronize(device)
+                reserved_warmup = torch.cuda.max_memory_reserved(device) / 2**30
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             logs = run_step(it, source, target)
@@ -192,6 +200,9 @@ def bench_step(
             if it >= warmup:
                 times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+        reserved = (
+            max(reserved_warmup, torch.cuda.max_memory_reserved(device) / 2**30) if cuda else None
+        )
         device_name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
         result = StepTiming(
             config=config,
@@ -200,7 +211,7 @@ def bench_step(
             weighting=exp.weighting.name,
             device=device_name,
             precision=str(fabric.strategy.precision.precision),
-            mode=step_mode(exp, det),
+            mode=step_mode(exp, det, graphed),
             batch=bs,
             source_hw=src_hw,
             target_hw=trg_hw,
@@ -209,6 +220,7 @@ def bench_step(
             seconds=statistics.median(times),
             seconds_mean=statistics.fmean(times),
             peak_gib=peak,
+            reserved_gib=reserved,
             max_iters=exp.train.max_iters,
             losses={k: float(v) for k, v in logs.items()},
         )
@@ -218,9 +230,11 @@ def bench_step(
     return result
 
 
-def step_mode(exp: ExperimentConfig, deterministic: bool) -> str:
+def step_mode(exp: ExperimentConfig, deterministic: bool, graphed: bool) -> str:
     """How the step ran: ``eager`` or ``cuda-graph``, plus the layout and kernel choices."""
-    parts = ["cuda-graph" if exp.train.cuda_graph else "eager"]
+    parts = ["cuda-graph" if graphed else "eager"]
+    if exp.train.compile:
+        parts.append("compile")
     if exp.train.channels_last:
         parts.append("channels-last")
     if deterministic:
@@ -253,6 +267,10 @@ def _key(t: StepTiming) -> str:
     return f"{t.config}|{t.name}|{t.mode}|{t.weighting}"
 
 
+def _gib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def _hw(hw: tuple[int, int] | None) -> str:
     return "-" if hw is None else f"{hw[1]}x{hw[0]}"
 
@@ -270,7 +288,8 @@ def markdown(timings: Sequence[StepTiming], title: str | None = None) -> str:
         f"precision {first.precision}; median of {first.iters} iterations after "
         f"{first.warmup} warm-up; data loading not included.",
         "",
-        "| recipe | mode | weighting | batch | source / target (WxH) | s/it | peak GiB | "
+        "| recipe | mode | weighting | batch | source / target (WxH) | s/it | "
+        "peak GiB allocated / reserved | "
         "iterations | projected run (h) | GBW share of the step |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -279,7 +298,7 @@ def markdown(timings: Sequence[StepTiming], title: str | None = None) -> str:
         lines.append(
             f"| {t.config or t.name} | {t.mode} | {t.weighting} | {t.batch} | "
             f"{_hw(t.source_hw)} / {_hw(t.target_hw)} | {t.seconds:.3f} | "
-            f"{'-' if t.peak_gib is None else f'{t.peak_gib:.1f}'} | {t.max_iters} | "
+            f"{_gib(t.peak_gib)} / {_gib(t.reserved_gib)} | {t.max_iters} | "
             f"{t.projected_hours:.1f} | {'-' if share is None else f'{100 * share:+.1f} %'} |"
         )
     return "\n".join(lines)

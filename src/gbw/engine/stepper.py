@@ -3,7 +3,8 @@
 :class:`StepRunner` is what ``gbw train`` and ``gbw bench step`` call once per iteration:
 set the learning rates of iteration ``it`` -> the method's ``training_step`` under autocast
 (forward passes, losses, backward passes, optimiser steps) -> the method's post-step hook
-(EMA teacher). :class:`GraphedStepRunner` (``train.cuda_graph: true``) runs the same thing
+(EMA teacher). :class:`GraphedStepRunner` (``train.cuda_graph``: by default on for a run on
+one CUDA device) runs the same thing
 but, after a few eager warm-up iterations, captures the whole iteration once as a CUDA graph
 and from then on copies each batch into the graph's static input buffers and replays it. An
 eager MiT-B5 step is bound by kernel launches and Python overhead (shared/design/
@@ -115,8 +116,9 @@ class StepRunner:
 def make_capturable(optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device) -> None:
     """Switch optimisers to device-tensor learning rates and capture-safe kernels, in place.
 
-    Call before their first step. Adam/AdamW: ``capturable=True`` (step counts on the device);
-    SGD: the fused kernel. Anything else cannot be captured and raises ``ValueError``.
+    Adam/AdamW: ``capturable=True`` (their step counts live on the device); SGD: the fused
+    kernel. State restored from a checkpoint is moved where those kernels expect it.
+    Anything else cannot be captured and raises ``ValueError``.
     """
     for name, opt in optimizers.items():
         if isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
@@ -128,16 +130,16 @@ def make_capturable(optimizers: Mapping[str, torch.optim.Optimizer], device: tor
                 f"train.cuda_graph: optimiser {name!r} is a {type(opt).__name__}; only "
                 "SGD, Adam and AdamW can be captured"
             )
-        if opt.state:
-            raise ValueError(
-                f"train.cuda_graph: optimiser {name!r} has already stepped; switch it to "
-                "capturable kernels before the first step"
-            )
         for group in opt.param_groups:
             group[flag] = True
-            if not isinstance(group["lr"], Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            lr = group["lr"]
+            if not isinstance(lr, Tensor) or lr.device != device:
+                group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
         opt.defaults[flag] = True
+        for state in opt.state.values():  # resumed: step counts on the device, as float32
+            step = state.get("step")
+            if isinstance(step, Tensor) and flag == "capturable":
+                state["step"] = step.to(device=device, dtype=torch.float32)
 
 
 def _static_copy(batch: Batch | None) -> Batch | None:
@@ -246,6 +248,20 @@ class GraphedStepRunner(StepRunner):
         self.graph = graph
 
 
+def graph_mode(exp: ExperimentConfig, fabric: Any) -> bool:
+    """``train.cuda_graph``, where ``null`` (auto) means on for a run on one CUDA device
+    (unless ``train.compile`` is set)."""
+    flag = exp.train.cuda_graph
+    if flag and exp.train.compile:
+        raise ValueError(
+            "train.compile and train.cuda_graph are alternatives: a compiled network that "
+            "recompiles during the capture breaks it; set one of them to false"
+        )
+    if flag is None:
+        return fabric.device.type == "cuda" and fabric.world_size == 1 and not exp.train.compile
+    return bool(flag)
+
+
 def make_step_runner(
     fabric: Any,
     exp: ExperimentConfig,
@@ -253,7 +269,7 @@ def make_step_runner(
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> StepRunner:
     """The runner ``exp.train`` asks for: eager, or a captured CUDA graph."""
-    if exp.train.cuda_graph:
+    if graph_mode(exp, fabric):
         return GraphedStepRunner(
             fabric, exp, method, optimizers, warmup=exp.train.cuda_graph_warmup
         )

@@ -109,6 +109,12 @@ def setup_method(fabric: Any, exp: ExperimentConfig) -> tuple[UDAMethod, dict[st
     method.to(fabric.device)
     if exp.train.channels_last:  # 4-D weights NHWC: cuDNN's fastest layout for bf16 convs
         method.to(memory_format=torch.channels_last)
+    if exp.train.compile:
+        # in place (nn.Module.compile): parameter names and checkpoints stay those of the
+        # eager networks; the student, teacher, discriminators and frozen feature networks
+        for child in method.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
     for name, opt in list(optimizers.items()):
         module, optimizers[name] = fabric.setup(getattr(method, name), opt)
         object.__setattr__(method, name, module)
