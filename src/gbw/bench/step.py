@@ -2,10 +2,11 @@
 
 Builds the method exactly as ``gbw train`` does (:func:`gbw.engine.trainer.setup_method`: same
 model, optimisers, Fabric wrapping and precision, bf16 autocast on CUDA; the same
-deterministic-algorithms setting; the same per-step learning-rate update and class-weight
-tracking) and runs its ``training_step`` on random tensors of the recipe's input sizes, so no
-dataset is needed. Not timed: data loading (the batch is made once, on the device), logging,
-evaluation and checkpoints.
+deterministic-algorithms setting; the same step runner, :mod:`gbw.engine.stepper`, so on one
+CUDA device the iteration is captured as one CUDA graph unless ``train.cuda_graph=false``; the
+same class-weight tracking) and runs it on random tensors of the recipe's input sizes, so no
+dataset is needed. The table's mode column says how each row ran. Not timed: data loading
+(the batch is made once, on the device), logging, evaluation and checkpoints.
 
 Reported per class weighting (``--weightings``, default ``none,gbw``, each in its own fresh
 build, one after the other in this process): the median seconds per iteration after
@@ -23,6 +24,7 @@ size (W, H) (GTA's 1280x720; the keep-ratio resize of real frames gives 1280x704
 Usage:
     gbw bench step configs/advent/gta2cs.yaml --iters 30 --warmup 5 --out results.md
     gbw bench step configs/dacs/gta2cs.yaml --size 64,64 --iters 2 --warmup 1   # CPU smoke run
+    gbw bench step configs/hrda/gta2cs.yaml train.cuda_graph=false   # eager, for comparison
     python benchmarks/recipe_steps.py          # every DeepLabV2-era recipe, one table
 """
 
