@@ -153,6 +153,27 @@ def test_make_capturable_takes_a_resumed_optimiser_and_refuses_an_unknown_one():
         make_capturable({"d": torch.optim.RMSprop(net.parameters())}, torch.device("cpu"))
 
 
+def test_a_graph_mode_checkpoint_resumes_eagerly_on_the_cpu():
+    """Optimiser state saved in graph mode (tensor learning rates, capturable Adam) steps
+    eagerly on the CPU after :func:`make_eager`."""
+    from gbw.engine.stepper import make_eager
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.01)
+    opt.param_groups[0]["initial_lr"] = 0.01
+    make_capturable({"model": opt}, torch.device("cpu"))
+    fresh = torch.optim.AdamW(net.parameters(), lr=0.01)
+    fresh.load_state_dict(opt.state_dict())  # as a resumed run loads it
+    make_eager({"model": fresh}, torch.device("cpu"))
+    group = fresh.param_groups[0]
+    assert group["lr"] == pytest.approx(0.01) and not isinstance(group["lr"], torch.Tensor)
+    assert not group["capturable"]
+    net(torch.ones(1, 3)).sum().backward()
+    fresh.step()  # a capturable AdamW would refuse the CPU
+    set_learning_rates({"model": fresh}, 0.5)
+    assert group["lr"] == pytest.approx(0.005)
+
+
 def test_graph_mode_needs_cuda_with_a_clear_error():
     exp = config("source_only", "train.cuda_graph=true")
     fabric = _make_fabric(exp)

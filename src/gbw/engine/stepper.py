@@ -87,6 +87,8 @@ class StepRunner:
         self.method = method
         self.optimizers = optimizers
         self.channels_last = exp.train.channels_last
+        if not graph_mode(exp, fabric):
+            make_eager(optimizers, fabric.device)
 
     def prepare(self, batch: Batch | None) -> Batch | None:
         """The batch as the step sees it (channels-last images when ``train.channels_last``)."""
@@ -140,6 +142,24 @@ def make_capturable(optimizers: Mapping[str, torch.optim.Optimizer], device: tor
             step = state.get("step")
             if isinstance(step, Tensor) and flag == "capturable":
                 state["step"] = step.to(device=device, dtype=torch.float32)
+
+
+def make_eager(optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device) -> None:
+    """Undo :func:`make_capturable` where an eager run needs it, in place.
+
+    A checkpoint written in graph mode stores device-tensor learning rates and the capture
+    flags; resumed eagerly (several GPUs, the CPU, ``train.cuda_graph=false``) the learning
+    rates become numbers again, and off CUDA Adam's ``capturable`` is switched off (it only
+    runs on accelerators). Fused SGD runs on the CPU and on CUDA, so it stays.
+    """
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            if isinstance(group["lr"], Tensor):
+                group["lr"] = float(group["lr"])
+            if device.type == "cpu" and group.get("capturable"):
+                group["capturable"] = False
+        if device.type == "cpu" and opt.defaults.get("capturable"):
+            opt.defaults["capturable"] = False
 
 
 def _static_copy(batch: Batch | None) -> Batch | None:
