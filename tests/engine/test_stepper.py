@@ -7,6 +7,7 @@ eager loop, refills its inputs every iteration, and runs every method.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -250,6 +251,88 @@ def test_compiled_networks_train_like_eager_ones():
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
     with pytest.raises(ValueError, match="alternatives"):
         graph_mode(config("dacs", "train.compile=true", "train.cuda_graph=true"), None)
+
+
+class _FakeGraph:
+    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: ``replay`` re-runs the runner's
+    step on its static buffers and writes the results into the captured output tensors, as a
+    real replay overwrites them in place. (The capture itself runs the step in Python, so
+    :func:`_fake_capture` puts every parameter, buffer, optimiser state and generator back
+    afterwards: a real capture computes nothing.)"""
+
+    runner: GraphedStepRunner | None = None
+
+    def __init__(self) -> None:
+        self.generators: list[torch.Generator] = []
+
+    def register_generator_state(self, gen: torch.Generator) -> None:
+        self.generators.append(gen)
+
+    def replay(self) -> None:
+        r = _FakeGraph.runner
+        out = r.run_step(r.index, r.static_source, r.static_target)
+        for k, v in out.items():
+            r.static_logs[k].copy_(v)
+
+
+@contextlib.contextmanager
+def _fake_capture(graph: _FakeGraph, **kwargs):
+    r = _FakeGraph.runner
+    tensors = list(r.method.state_dict(keep_vars=True).values())
+    for opt in r.optimizers.values():
+        tensors += [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    saved = [x.detach().clone() for x in tensors]
+    generators = [(g, g.get_state()) for g in r.method.generators()]
+    yield
+    with torch.no_grad():
+        for x, s in zip(tensors, saved, strict=True):
+            x.copy_(s)
+    for g, s in generators:
+        g.set_state(s)
+
+
+def emulate_cuda_graphs(monkeypatch) -> None:
+    """Let :class:`GraphedStepRunner` run on the CPU with :class:`_FakeGraph`."""
+    from types import SimpleNamespace
+
+    stream = SimpleNamespace(wait_stream=lambda s: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _fake_capture)
+
+
+@pytest.mark.parametrize("method", ["source_only", "dacs"])
+def test_graph_runner_feeds_every_batch_and_learning_rate_to_the_replays(monkeypatch, method):
+    """The runner's own logic, on the CPU (a fake graph that re-runs the step): warm-up
+    iterations, capture at the right one, every later batch copied into the static inputs,
+    learning rates and the step counter updated in place, DACS's generator registered, and
+    the eager runner's losses (SGD: fused vs for-each kernels, rounding only; the fake replay
+    draws DACS's random numbers in the eager order, a real graph does not)."""
+    emulate_cuda_graphs(monkeypatch)
+    data = batches(6, 32, "cpu", seed=4)
+    eager = train_steps(config(method, "optim.name=sgd"), data)[2]
+    exp = config(method, "optim.name=sgd", "train.cuda_graph=true", "train.cuda_graph_warmup=2")
+    fabric = _make_fabric(exp)
+    torch.manual_seed(0)
+    m, optimizers = setup_method(fabric, exp)
+    monkeypatch.setattr("gbw.engine.stepper.check_graph_support", lambda fabric: None)
+    runner = GraphedStepRunner(fabric, exp, m, optimizers, warmup=2)
+    _FakeGraph.runner = runner
+    lr = optimizers["model"].param_groups[0]["lr"]
+    logs = []
+    for it, (src, tgt) in enumerate(data):
+        out = runner(it, src, tgt if m.uses_target else None)
+        assert (runner.graph is not None) == (it >= 2)  # captured at iteration 2
+        assert int(runner.index) == it and optimizers["model"].param_groups[0]["lr"] is lr
+        assert float(lr) == pytest.approx(0.01 * (1 - it / 100) ** 0.9)
+        logs.append({k: float(v) for k, v in out.items()})
+    assert len(runner.graph.generators) == (1 if method == "dacs" else 0)
+    for a, b in zip(logs, eager, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert len({tuple(step.values()) for step in logs}) == 6
 
 
 # --------------------------------------------------------------------------------- CUDA

@@ -190,6 +190,20 @@ def _fill(static: Batch | None, batch: Batch | None, it: int) -> None:
         buf.copy_(v, non_blocking=True)
 
 
+def check_graph_support(fabric: Any) -> None:
+    """Graph mode needs one process on a CUDA device; a clear error otherwise."""
+    if fabric.device.type != "cuda":
+        raise ValueError(
+            f"train.cuda_graph needs a CUDA device, the run is on {fabric.device.type}; "
+            "set train.cuda_graph=false"
+        )
+    if fabric.world_size != 1:
+        raise ValueError(
+            f"train.cuda_graph supports one GPU, the run has {fabric.world_size} "
+            "processes; set train.cuda_graph=false for several GPUs"
+        )
+
+
 class GraphedStepRunner(StepRunner):
     """Eager warm-up iterations, then one captured CUDA graph replayed for every iteration.
 
@@ -209,17 +223,8 @@ class GraphedStepRunner(StepRunner):
         warmup: int = 3,
     ) -> None:
         super().__init__(fabric, exp, method, optimizers)
+        check_graph_support(fabric)
         device = fabric.device
-        if device.type != "cuda":
-            raise ValueError(
-                f"train.cuda_graph needs a CUDA device, the run is on {device.type}; "
-                "set train.cuda_graph=false"
-            )
-        if fabric.world_size != 1:
-            raise ValueError(
-                f"train.cuda_graph supports one GPU, the run has {fabric.world_size} "
-                "processes; set train.cuda_graph=false for several GPUs"
-            )
         self.device = device
         self.warmup = max(int(warmup), 1)
         self.warmed = 0
