@@ -122,17 +122,20 @@ def random_batch(
 
 
 @contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    """The engine's deterministic-algorithms setting, restored afterwards."""
+def _kernel_settings(exp: ExperimentConfig, device: torch.device) -> Iterator[None]:
+    """The engine's kernel settings (:func:`gbw.engine.trainer.configure_kernels`), with the
+    process's previous ones restored afterwards."""
+    from gbw.engine.trainer import configure_kernels
+
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as gbw.engine.trainer
+    matmul = torch.get_float32_matmul_precision()
+    configure_kernels(exp, device)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        torch.set_float32_matmul_precision(matmul)
 
 
 def bench_step(
@@ -171,10 +174,9 @@ def bench_step(
             f"({exp.train.cuda_graph_warmup}) so that only graph replays are timed"
         )
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # as gbw.engine.trainer
         torch.cuda.empty_cache()  # this build's memory figures are its own
         torch.cuda.reset_peak_memory_stats(device)
-    with _deterministic(det):
+    with _kernel_settings(exp, device):
         method, optimizers = setup_method(fabric, exp)
         run_step = make_step_runner(fabric, exp, method, optimizers)
         gen = torch.Generator(device=device).manual_seed(seed)

@@ -87,8 +87,7 @@ class StepRunner:
         self.method = method
         self.optimizers = optimizers
         self.channels_last = exp.train.channels_last
-        if not graph_mode(exp, fabric):
-            make_eager(optimizers, fabric.device)
+        make_eager(optimizers, fabric.device)  # GraphedStepRunner makes them capturable again
 
     def prepare(self, batch: Batch | None) -> Batch | None:
         """The batch as the step sees it (channels-last images when ``train.channels_last``)."""
