@@ -20,9 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from gbw.config import ExperimentConfig, load_config, to_dict
 from gbw.data.classes import CITYSCAPES_CLASSES
 
@@ -157,6 +154,8 @@ def _fmt(mean: float, std: float, signed: bool = False) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from gbw.data.minicity import EVAL_CLASSES, class_table, ensure_minicity
 
     t_start = time.perf_counter()
@@ -337,6 +336,9 @@ def _plots(
     order: list[int],
     args: argparse.Namespace,
 ) -> list[Path]:
+    import numpy as np
+    import torch
+
     from gbw.analysis import plots
     from gbw.analysis.report import load_run, run_figures
     from gbw.data.minicity import MiniCity

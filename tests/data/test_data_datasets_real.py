@@ -10,7 +10,7 @@ from gbw.data.cityscapes import Cityscapes
 from gbw.data.classes import SYNTHIA_13, SYNTHIA_16
 from gbw.data.gta import GTA5
 from gbw.data.prepare import prepare_dataset
-from gbw.data.real import dataset_class
+from gbw.data.registry import dataset_class
 from gbw.data.synthia import Synthia
 from gbw.data.transforms import HRDA_PSEUDO_MARGINS, TrainTransform, margin_mask
 

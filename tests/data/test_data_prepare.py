@@ -18,7 +18,7 @@ from gbw.data.prepare import (
     prepare_split,
     stats_path,
 )
-from gbw.data.real import dataset_class
+from gbw.data.registry import dataset_class
 
 
 def cli(*argv: str) -> int:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import gbw
+from gbw.bench import overhead_arguments
 
 LOSS_CASES = ("plain CE", "GBW class", "GBW channel", "GBW authors")
 
@@ -245,29 +246,15 @@ def hardware(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--classes", type=int, default=19)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--rounds", type=int, default=0, help="timing rounds (default: 50 GPU, 15 CPU)")
-    p.add_argument("--out", default=None, help="also write the markdown table to this file")
-    p.add_argument("--json", default=None, help="also write raw numbers as JSON")
-    p.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        help="also time every case captured as one CUDA graph (GPU only)",
-    )
-    p.add_argument("--_mem-case", default=None, help=argparse.SUPPRESS)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_arguments(p)
+    overhead_arguments(p)
     run(p.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args._mem_case:
         _mem_case(args)
         return

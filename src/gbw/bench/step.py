@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gbw.bench import step_arguments
 from gbw.config import DatasetSpec, ExperimentConfig, load_config
 
 IGNORE_INDEX = 255
@@ -308,24 +309,6 @@ def markdown(timings: Sequence[StepTiming], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment YAML (configs/...)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--iters", type=int, default=30, help="timed iterations (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5)")
-    p.add_argument(
-        "--weightings",
-        default="none,gbw",
-        help="comma-separated weighting.name values to measure, each in a fresh build",
-    )
-    p.add_argument(
-        "--size", default=None, help="H,W of both domains' images instead of the recipe's"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", default=None, help="append the markdown table to this file")
-    p.add_argument("--json", default=None, help="write the measurements as JSON")
-
-
 def _parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -370,7 +353,7 @@ def run(args: argparse.Namespace) -> list[StepTiming]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_arguments(p)
+    step_arguments(p)
     run(p.parse_args(argv))
 
 

@@ -22,10 +22,10 @@ from gbw.data.real import (
     Pair,
     RealDataset,
     bad_train_ids,
-    dataset_class,
     parallel_map,
     read_prepared_label,
 )
+from gbw.data.registry import dataset_class
 
 
 @dataclass

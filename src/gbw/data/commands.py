@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from gbw.data.real import DATASET_NAMES, dataset_class
+from gbw.data.registry import DATASET_NAMES, dataset_class
 
 _LAYOUTS = """\
 expected layouts (as in DAFormer, HRDA and MIC):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from gbw.fileio import atomic_write
 
 
 def _open(path: Path) -> Image.Image:
@@ -39,16 +39,8 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array as PNG atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", durable=False) as f:
+        Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
 
 
 # --- OpenCV decoding -------------------------------------------------------------------------
@@ -122,15 +114,8 @@ def write_png_unchanged(path: str | Path, array: np.ndarray) -> None:
         raise ValueError(
             f"{path}: OpenCV could not encode a {arr.dtype} array of shape {arr.shape}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", durable=False) as f:
+        f.write(buf.tobytes())
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

@@ -14,8 +14,6 @@ atomically) and removed. A second run finds every output in place and does no wo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +27,11 @@ from gbw.data.real import (
     Pair,
     RealDataset,
     _list_files,
-    dataset_class,
     parallel_map,
     read_prepared_label,
 )
+from gbw.data.registry import dataset_class
+from gbw.fileio import write_text
 
 STATS_FORMAT = "gbw-class-stats"
 STATS_VERSION = 1
@@ -68,7 +67,7 @@ def write_class_stats(
         "names": names,
         "counts": counts.astype(np.int64).tolist(),
     }
-    _atomic_write_text(path, json.dumps(payload, separators=(",", ":")))
+    write_text(path, json.dumps(payload, separators=(",", ":")))
 
 
 def _read_gbw_stats(path: Path) -> tuple[list[str], np.ndarray]:
@@ -367,18 +366,6 @@ def prepare_dataset(
     return [
         prepare_split(cls, root, s, workers=workers, force=force, progress=progress) for s in splits
     ]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [

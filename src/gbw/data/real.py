@@ -392,29 +392,3 @@ def bad_train_ids(label: np.ndarray) -> list[int]:
     counts[:NUM_CLASSES] = 0
     counts[IGNORE_INDEX] = 0
     return [int(i) for i in np.flatnonzero(counts)]
-
-
-DATASET_NAMES: tuple[str, ...] = ("gta", "synthia", "cityscapes")
-_ALIASES = {
-    "gta5": "gta",
-    "synthia-rand-cityscapes": "synthia",
-    "synthia_rand_cityscapes": "synthia",
-}
-
-
-def dataset_class(name: str) -> type[RealDataset]:
-    """The dataset class for ``name`` ("gta", "synthia", "cityscapes"; case-insensitive)."""
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key == "gta":
-        from gbw.data.gta import GTA5
-
-        return GTA5
-    if key == "synthia":
-        from gbw.data.synthia import Synthia
-
-        return Synthia
-    if key == "cityscapes":
-        from gbw.data.cityscapes import Cityscapes
-
-        return Cityscapes
-    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")

@@ -7,15 +7,15 @@ it continues bit-identically on the CPU.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gbw.fileio import atomic_write
 
 FORMAT = "gbw-checkpoint-1"
 
@@ -61,20 +61,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
-    rename. A crash mid-write leaves the previous checkpoint intact."""
+    """Write ``state`` to ``path`` atomically (:func:`gbw.fileio.atomic_write`): a crash or a
+    full disk mid-write leaves the previous checkpoint intact; the error names the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
     return path
 
 

@@ -65,7 +65,7 @@ def build_dataset(
         if limit:
             ds.samples = ds.samples[:limit]
         return ds
-    from gbw.data.real import dataset_class
+    from gbw.data.registry import dataset_class
 
     cls = dataset_class(spec.name)
     extra: dict[str, Any] = {}

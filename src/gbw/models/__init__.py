@@ -6,20 +6,20 @@ or ``transformers``; they are imported only when such a model is built.
 """
 
 from gbw.models.base import (
-    MODELS,
     InputNormalization,
     LoadReport,
     SegmentationModel,
     SegOutput,
-    build_model,
     count_parameters,
 )
 from gbw.models.deeplabv2 import DeepLabV2, load_deeplab_weights
 from gbw.models.discriminator import FCDiscriminator
+from gbw.models.registry import MODEL_NAMES, MODELS, build_model
 from gbw.models.tiny import TinySeg
 
 __all__ = [
     "MODELS",
+    "MODEL_NAMES",
     "DeepLabV2",
     "FCDiscriminator",
     "InputNormalization",

@@ -20,7 +20,7 @@ ResNet, ImageNet mean/std for MiT.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -225,81 +225,3 @@ def check_shape(where: str, src_key: str, src: Tensor, dst_key: str, dst: Tensor
             f"{where}: shape mismatch for '{src_key}' -> '{dst_key}': file has "
             f"{tuple(src.shape)}, model expects {tuple(dst.shape)}"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Factory
-
-
-def _deeplabv2_r101(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    from gbw.models.deeplabv2 import DeepLabV2, load_deeplab_weights
-
-    model = DeepLabV2(num_classes, **kwargs)
-    if weights is not None:
-        log.info(load_deeplab_weights(model, weights).summary())
-    return model
-
-
-def _daformer_mitb5(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    return _daformer_mit(num_classes, weights=weights, encoder="b5", **kwargs)
-
-
-def _daformer_mit(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    from gbw.models.daformer import DAFormer
-    from gbw.models.mit import load_mit_weights
-
-    model = DAFormer(num_classes, **kwargs)
-    if weights is not None:
-        log.info(load_mit_weights(model.backbone, weights).summary())
-    return model
-
-
-def _hrda_daformer_mitb5(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    return _hrda_daformer_mit(num_classes, weights=weights, encoder="b5", **kwargs)
-
-
-def _hrda_daformer_mit(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    from gbw.models.hrda import build_hrda_daformer
-
-    return build_hrda_daformer(num_classes, weights=weights, **kwargs)
-
-
-def _tinyseg(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
-    from gbw.models.tiny import TinySeg
-
-    return TinySeg(num_classes, **kwargs)
-
-
-#: name -> constructor. ``weights`` (a local file) loads the backbone's pretrained weights.
-MODELS: dict[str, Callable[..., SegmentationModel]] = {
-    "deeplabv2_r101": _deeplabv2_r101,
-    "daformer_mitb5": _daformer_mitb5,
-    "daformer_mit": _daformer_mit,
-    "hrda_daformer_mitb5": _hrda_daformer_mitb5,  # HRDA's multi-resolution DAFormer
-    "hrda_daformer_mit": _hrda_daformer_mit,
-    "tinyseg": _tinyseg,
-}
-
-
-def build_model(name: str, num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
-    """Builds a model by name (see :data:`MODELS`); ``kwargs`` go to its constructor.
-
-    ``weights=<path>`` loads pretrained backbone weights from a local file:
-    DeepLab/torchvision ResNet-101 files for ``deeplabv2_r101``, the SegFormer ImageNet-1k
-    ``mit_b*.pth`` for the ``daformer_*`` models. Nothing is downloaded.
-    """
-    try:
-        ctor = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-    return ctor(num_classes, **kwargs)

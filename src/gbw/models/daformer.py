@@ -10,6 +10,7 @@ decay x0): the decoder at 10x lr, the encoder's LayerNorm parameters without wei
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +22,12 @@ from gbw.models.base import (
     InputNormalization,
     SegmentationModel,
     SegOutput,
+    StateDictSource,
 )
 from gbw.models.daformer_head import DAFormerHead
-from gbw.models.mit import Backend, MiTConfig, MiTEncoder
+from gbw.models.mit import Backend, MiTConfig, MiTEncoder, load_mit_weights
+
+log = logging.getLogger(__name__)
 
 
 class DAFormer(SegmentationModel):
@@ -76,3 +80,14 @@ class DAFormer(SegmentationModel):
 
     def no_weight_decay_names(self) -> set[str]:
         return {f"backbone.{n}" for n in self.backbone.no_weight_decay_names()}
+
+
+def build_daformer(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> DAFormer:
+    """A DAFormer whose MiT encoder starts from ``weights`` (a local SegFormer ImageNet-1k
+    ``mit_b*.pth``; None = random init); ``kwargs`` go to :class:`DAFormer`."""
+    model = DAFormer(num_classes, **kwargs)
+    if weights is not None:
+        log.info(load_mit_weights(model.backbone, weights).summary())
+    return model

@@ -37,8 +37,9 @@ update the running statistics; ``bn="affine_frozen"`` reproduces that.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +56,8 @@ from gbw.models.base import (
     check_shape,
     load_state_dict_file,
 )
+
+log = logging.getLogger(__name__)
 
 ASPP_DILATIONS: dict[str, tuple[int, ...]] = {
     "advent": (6, 12, 18, 24),
@@ -259,3 +262,14 @@ def load_deeplab_weights(
         for target, value in new.items():
             own[target].copy_(value)
     return report
+
+
+def build_deeplabv2(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> DeepLabV2:
+    """A DeepLabV2 ResNet-101 starting from ``weights`` (a local DeepLab or torchvision
+    ResNet-101 file; None = random init); ``kwargs`` go to :class:`DeepLabV2`."""
+    model = DeepLabV2(num_classes, **kwargs)
+    if weights is not None:
+        log.info(load_deeplab_weights(model, weights).summary())
+    return model

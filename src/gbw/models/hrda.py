@@ -319,9 +319,9 @@ def build_hrda_daformer(
     """HRDA around a DAFormer (MiT encoder + DAFormer head); ``weights`` = the MiT ImageNet file,
     ``daformer_kwargs`` go to :class:`gbw.models.daformer.DAFormer` (``encoder``, ``backend``,
     ``fused_attention``, ``embed_dim``, ``channels``, ``dropout``)."""
-    from gbw.models.base import build_model
+    from gbw.models.daformer import build_daformer
 
-    base = build_model("daformer_mit", num_classes, weights=weights, **daformer_kwargs)
+    base = build_daformer(num_classes, weights=weights, **daformer_kwargs)
     return HRDAModel(
         base,
         base.backbone.out_channels,
