@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gbw.engine.trainer import train
 
     exp = load_config(args.config, args.overrides)
-    result = train(exp, resume=args.resume or False, overwrite=args.overwrite)
+    resume = args.resume if args.resume not in (None, "last") else args.resume == "last"
+    result = train(exp, resume=resume, overwrite=args.overwrite)
     print(f"run folder: {result.run_dir}")
     print(
         f"final mIoU: {100 * result.metrics['mIoU']:.2f} ({result.steps} steps, "
@@ -127,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gbw import __version__
 
     parser.add_argument("--version", action="version", version=f"gbw {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also GBW_DEBUG=1; accepted anywhere)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -162,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         const="last",
         default=None,
         metavar="CKPT",
-        help="continue from the run's last checkpoint (or the given file)",
+        help="continue from the run's checkpoints/last.ckpt; `--resume FILE.ckpt` (or "
+        "--resume=FILE) from that checkpoint. An error if there is nothing to resume",
     )
     p.add_argument(
         "--overwrite",
@@ -218,18 +225,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _split_resume(argv: list[str]) -> list[str]:
+    """``--resume`` as a flag never swallows the next word: it takes the next word as its value
+    only when that is a checkpoint file (``*.ckpt``, or an existing file that is not a YAML
+    config and not a ``key=value`` override); ``--resume=FILE`` always takes FILE."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--resume":
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            is_ckpt = (
+                nxt is not None
+                and not nxt.startswith("-")
+                and "=" not in nxt
+                and not nxt.endswith((".yaml", ".yml"))
+                and (nxt.endswith(".ckpt") or Path(nxt).is_file())
+            )
+            if is_ckpt:
+                out.append(f"--resume={nxt}")
+                i += 2
+                continue
+            out.append("--resume=last")
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def _error_line(exc: BaseException) -> tuple[str, int]:
+    """(one line, exit code) for a failure: 2 for bad input or usage, 1 for a run that failed."""
     from gbw.config import ConfigError
     from gbw.engine.checkpoint import CheckpointError
-    from gbw.engine.trainer import RunExistsError
+    from gbw.engine.nonfinite import NonFiniteLossError
+    from gbw.engine.run_folder import RunExistsError
+    from gbw.fileio import OutputError, describe_os_error
 
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, NonFiniteLossError):
+        return text, 1
+    if isinstance(exc, ConfigError | CheckpointError | RunExistsError | OutputError):
+        return text, 2
+    if isinstance(exc, OSError):
+        if exc.filename is not None and str(exc.filename) not in text:
+            return describe_os_error(exc, exc.filename, "accessing"), 2
+        return text, 2
+    if isinstance(exc, ValueError | TypeError | KeyError):
+        return text if not isinstance(exc, KeyError) else f"missing entry {text}", 2
+    return (
+        f"internal error ({type(exc).__name__}: {text}); rerun with --debug for the traceback "
+        "and please report it",
+        1,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; every failure a user can cause ends in one line on stderr
+    (exit code 2; 1 for a failed run or check). ``--debug`` (anywhere) or ``GBW_DEBUG=1``
+    shows the traceback instead."""
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("GBW_DEBUG", "") not in ("", "0")
+    argv = _split_resume([a for a in argv if a != "--debug"])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`gbw train c.yaml --resume a=1`): argparse hands
+    # positionals after an option back as unknown; they belong to the command's overrides
+    words = [a for a in extra if not a.startswith("-")]
+    if isinstance(getattr(args, "overrides", None), list) and words and len(words) == len(extra):
+        args.overrides += words
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if debug:
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, RunExistsError, FileNotFoundError) as exc:
-        print(f"gbw {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"gbw {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        line, code = _error_line(exc)
+        print(f"gbw {args.command}: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ when the method is built. YAML is read with ``yaml.safe_load``; nothing in a con
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message says which key and why."""
+from gbw.data.classes import NUM_CLASSES
+from gbw.errors import ConfigError
 
 
 @dataclass
@@ -119,6 +119,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the networks (instead of a CUDA graph)
     channels_last: bool = False  # NHWC images and conv weights
     grad_clip: float = 0.0
+    # a non-finite loss: stop (exit non-zero; the last finite checkpoint stays `last`) or
+    # skip_step (that iteration's optimiser steps are skipped, eager runs only)
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 20  # skip_step: stop after this many consecutive skipped steps
     progress: bool = True
 
 
@@ -200,6 +204,24 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return OmegaConf.merge(merged, OmegaConf.create(data))
 
 
+def _apply_override(cfg: DictConfig, item: str) -> DictConfig:
+    """``key=value`` onto ``cfg``. A free-form mapping (``model.kwargs``, ``uda``) given as a
+    whole (``model.kwargs={a: 1}``, ``={}`` or ``=null``) *replaces* the mapping; to change one
+    entry, name it (``model.kwargs.a=1``). Everything else merges, with type checks."""
+    key, text = (part.strip() for part in item.split("=", 1))
+    if not text:  # `name=` means the empty string (omegaconf would read it as null)
+        item = f"{key}=''"
+    update = OmegaConf.from_dotlist([item])
+    value = OmegaConf.select(update, key)
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    replace = OmegaConf.is_dict(node) and OmegaConf.get_type(node) is dict
+    if replace and (value is None or OmegaConf.is_dict(value)):
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, key, {} if value is None else value, merge=False)
+        return cfg
+    return OmegaConf.merge(cfg, update)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -217,10 +239,12 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = _apply_override(cfg, item)
         except OmegaConfBaseException as exc:
             raise _wrap(exc, schema, f"override {item!r}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    exp = OmegaConf.to_object(cfg)
+    validate(exp)  # type: ignore[arg-type]
+    return exp  # type: ignore[return-value]
 
 
 def method_config(schema: type, values: dict[str, Any], method: str) -> Any:
@@ -249,3 +273,245 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig()), data))
     except OmegaConfBaseException as exc:
         raise _wrap(exc, ExperimentConfig(), "stored config") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every value, when the config is loaded, before anything is built or written
+# --------------------------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+OPTIMIZERS = ("sgd", "adamw", "adam")
+ON_NONFINITE = ("stop", "skip_step")
+EVAL_MODES = ("whole", "slide")
+EVAL_CLASS_SETS = ("dataset", "19", "16", "13")
+MINICITY_SIZES = ("default", "quick")
+
+
+def check_run_name(name: Any, key: str = "name") -> str:
+    """A run name is one plain path component: not empty, '.', '..', absolute or with a
+    separator, so that ``out_dir/name`` never points outside ``out_dir``."""
+    text = str(name)
+    bad = (
+        not isinstance(name, str)
+        or text.strip() != text
+        or text in ("", ".", "..")
+        or "/" in text
+        or "\\" in text
+        or any(ord(ch) < 32 for ch in text)
+        or Path(text).is_absolute()
+    )
+    if bad:
+        raise ConfigError(
+            f"{key}={name!r}: a run name must be one plain folder name (no '/', '\\', '.', "
+            "'..', leading/trailing spaces or control characters); the run folder is "
+            "out_dir/name"
+        )
+    return text
+
+
+class _Checker:
+    """Collects nothing: the first bad value raises one ConfigError naming key, value, allowed."""
+
+    def need(self, ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: expected {allowed}")
+
+    def one_of(self, key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{key}={value!r}: expected one of {', '.join(map(str, choices))}{more}"
+            )
+
+    def number(
+        self,
+        key: str,
+        value: Any,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        integer: bool = False,
+    ) -> None:
+        kind = "an integer" if integer else "a finite number"
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            not integer and isinstance(value, float)
+        )
+        ok = ok and math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            rng = " and ".join(x for x in (lo, hi) if x)
+            raise ConfigError(f"{key}={value!r}: expected {kind}" + (f" {rng}" if rng else ""))
+
+    def size(self, key: str, value: Any, n: int = 2, *, optional: bool = True) -> None:
+        if value is None and optional:
+            return
+        ok = (
+            isinstance(value, list | tuple)
+            and len(value) == n
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        )
+        self.need(
+            ok, key, value, f"{'null or ' if optional else ''}a list of {n} positive integers"
+        )
+
+
+def _dataset_classes_and_splits(name: str) -> tuple[int, tuple[str, ...]]:
+    """(number of label classes, split names) of a dataset, by config name."""
+    if name == "minicity":
+        from gbw.data.minicity.cache import SPLITS
+
+        return NUM_CLASSES, tuple(SPLITS)
+    from gbw.data.registry import dataset_class
+
+    cls = dataset_class(name)
+    return cls.NUM_CLASSES, cls.SPLITS
+
+
+def validate(exp: ExperimentConfig) -> ExperimentConfig:
+    """Check every value of ``exp``; the first bad one raises :class:`ConfigError` naming the
+    key, the value and what is allowed. Called by :func:`load_config` and by ``train``, so a
+    bad config fails before any folder exists. Returns ``exp``."""
+    from gbw.data.registry import DATASET_NAMES
+    from gbw.models.registry import MODEL_NAMES
+    from gbw.uda.registry import METHODS, method_class
+    from gbw.weighting import WEIGHTINGS
+    from gbw.weighting.strategies import SCALES
+
+    c = _Checker()
+    check_run_name(exp.name)
+    c.need(
+        isinstance(exp.out_dir, str) and exp.out_dir.strip() != "",
+        "out_dir",
+        exp.out_dir,
+        "a folder path",
+    )
+    c.number("seed", exp.seed, low=0, high=2**32 - 1, integer=True)
+    c.one_of("method", exp.method, sorted(METHODS))
+
+    m = exp.model
+    c.one_of("model.name", m.name, sorted(MODEL_NAMES))
+    c.number("model.num_classes", m.num_classes, low=1, integer=True)
+
+    d = exp.data
+    for domain in ("source", "target", "val"):
+        spec: DatasetSpec = getattr(d, domain)
+        key = f"data.{domain}"
+        c.one_of(f"{key}.name", spec.name, ("minicity", *DATASET_NAMES))
+        classes, splits = _dataset_classes_and_splits(spec.name)
+        c.one_of(f"{key}.split", spec.split, splits)
+        if classes != m.num_classes:
+            raise ConfigError(
+                f"model.num_classes={m.num_classes} disagrees with {key} ({spec.name}), whose "
+                f"labels have {classes} classes (trainIds 0-{classes - 1}); set "
+                f"model.num_classes={classes}"
+            )
+        c.size(f"{key}.resize", spec.resize)
+        c.size(f"{key}.crop", spec.crop)
+        c.number(f"{key}.cat_max_ratio", spec.cat_max_ratio, low=0, high=1, low_open=True)
+        c.number(f"{key}.rcs_temperature", spec.rcs_temperature, low=0, low_open=True)
+        c.number(f"{key}.rcs_min_pixels", spec.rcs_min_pixels, low=0, integer=True)
+        c.number(f"{key}.rcs_min_crop_ratio", spec.rcs_min_crop_ratio, low=0)
+        c.number(f"{key}.subset", spec.subset, low=0, integer=True)
+        if spec.pseudo_margins is not None:
+            ok = len(spec.pseudo_margins) == 4 and all(
+                isinstance(v, int) and v >= 0 for v in spec.pseudo_margins
+            )
+            c.need(
+                ok,
+                f"{key}.pseudo_margins",
+                spec.pseudo_margins,
+                "null or 4 non-negative integers (top, bottom, left, right)",
+            )
+            c.need(
+                spec.name != "minicity",
+                f"{key}.pseudo_margins",
+                spec.pseudo_margins,
+                "null for MiniCity (use the crop-level uda.pseudo_margins)",
+            )
+        if domain != "source":
+            c.need(
+                not spec.rcs,
+                f"{key}.rcs",
+                spec.rcs,
+                "false: rare-class sampling needs labels, only data.source.rcs may be true",
+            )
+    c.number("data.batch_size", d.batch_size, low=1, integer=True)
+    c.number("data.num_workers", d.num_workers, low=0, integer=True)
+    c.one_of("data.minicity_size", d.minicity_size, MINICITY_SIZES)
+
+    w = exp.weighting
+    c.one_of("weighting.name", w.name, WEIGHTINGS)
+    c.number("weighting.lam", w.lam, low=0, low_open=True)
+    c.one_of("weighting.variant", w.variant, ("class", "channel"))
+    c.one_of("weighting.scale", w.scale, SCALES)
+    c.number("weighting.count_offset", w.count_offset, low=0)
+    c.number("weighting.gamma", w.gamma, low=0)
+
+    o = exp.optim
+    c.one_of("optim.name", o.name, OPTIMIZERS)
+    c.number("optim.lr", o.lr, low=0)
+    c.number("optim.momentum", o.momentum, low=0, high=1, high_open=True)
+    c.number("optim.weight_decay", o.weight_decay, low=0)
+    ok = len(o.betas) == 2 and all(isinstance(b, int | float) and 0 <= b < 1 for b in o.betas)
+    c.need(ok, "optim.betas", o.betas, "2 numbers in [0, 1)")
+    c.number("optim.head_lr_mult", o.head_lr_mult, low=0, low_open=True)
+    c.one_of("optim.schedule", o.schedule, ("poly", "constant"))
+    c.number("optim.power", o.power, low=0)
+    c.number("optim.schedule_iters", o.schedule_iters, low=0, integer=True)
+    c.number("optim.warmup_iters", o.warmup_iters, low=0, integer=True)
+    c.number("optim.warmup_ratio", o.warmup_ratio, low=0, high=1)
+    c.number("optim.min_lr", o.min_lr, low=0, high=o.lr)
+
+    t = exp.train
+    c.number("train.max_iters", t.max_iters, low=0, integer=True)
+    c.number("train.log_every", t.log_every, low=1, integer=True)
+    c.number("train.eval_every", t.eval_every, low=0, integer=True)
+    c.number("train.ckpt_every", t.ckpt_every, low=0, integer=True)
+    c.number("train.keep_ckpts", t.keep_ckpts, low=1, integer=True)
+    c.one_of("train.accelerator", t.accelerator, ACCELERATORS)
+    c.number("train.devices", t.devices, low=1, integer=True)
+    c.number("train.num_nodes", t.num_nodes, low=1, integer=True)
+    c.one_of("train.strategy", t.strategy, STRATEGIES)
+    c.one_of("train.precision", t.precision, PRECISIONS)
+    c.number("train.cuda_graph_warmup", t.cuda_graph_warmup, low=1, integer=True)
+    c.number("train.grad_clip", t.grad_clip, low=0)
+    c.one_of("train.on_nonfinite", t.on_nonfinite, ON_NONFINITE)
+    c.number("train.max_skipped_steps", t.max_skipped_steps, low=1, integer=True)
+    if t.on_nonfinite == "skip_step" and t.cuda_graph:
+        raise ConfigError(
+            "train.on_nonfinite=skip_step needs an eager run (it decides on the host whether "
+            "to step); set train.cuda_graph=false, or train.on_nonfinite=stop"
+        )
+    if t.cuda_graph and t.compile:
+        raise ConfigError(
+            "train.compile=true and train.cuda_graph=true are alternatives (a network that "
+            "recompiles during the capture breaks it); set one of them to false"
+        )
+
+    e = exp.eval
+    c.one_of("eval.mode", e.mode, EVAL_MODES)
+    c.size("eval.resize", e.resize)
+    c.size("eval.crop", e.crop, optional=False)
+    c.size("eval.stride", e.stride, optional=False)
+    c.one_of("eval.classes", e.classes, EVAL_CLASS_SETS)
+    c.number("eval.batch_size", e.batch_size, low=1, integer=True)
+    c.number("eval.subset", e.subset, low=0, integer=True)
+
+    # the method's own settings: unknown keys and bad values (its Config dataclass checks them)
+    try:
+        method_config(method_class(exp.method).Config, exp.uda, exp.method)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"uda settings of method {exp.method!r}: {exc}") from None
+    return exp

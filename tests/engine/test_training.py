@@ -10,8 +10,9 @@ import torch
 
 from gbw.config import ConfigError, load_config
 from gbw.engine.checkpoint import CheckpointError, load_checkpoint
+from gbw.engine.run_folder import RunExistsError
 from gbw.engine.stepper import lr_factor
-from gbw.engine.trainer import RunExistsError, train
+from gbw.engine.trainer import train
 
 
 def _method_state(run_dir: Path) -> dict[str, torch.Tensor]:

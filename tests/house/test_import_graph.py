@@ -31,6 +31,15 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:`` (type-only imports never run)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for child in node.body for n in ast.walk(child)}
+    return [n for n in ast.walk(tree) if id(n) not in skip]
+
+
 def import_graph() -> dict[str, set[str]]:
     """gbw module -> gbw modules it imports anywhere in its file (lazy imports included)."""
     modules = {_module_name(p): p for p in SRC.joinpath("gbw").rglob("*.py")}
@@ -38,7 +47,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         deps: set[str] = set()
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -78,7 +87,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                return stack[stack.index(m) :] + [m]
+                return [*stack[stack.index(m) :], m]
             if m not in state and (found := visit(m)):
                 return found
         stack.pop()
@@ -141,7 +150,8 @@ def test_help_does_not_import_torch(argv: list[str]) -> None:
         "import sys\n"
         "from gbw.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'numpy', 'lightning_fabric', 'matplotlib') if m in sys.modules]\n"
+        "mods = ('torch', 'numpy', 'lightning_fabric', 'matplotlib')\n"
+        "heavy = [m for m in mods if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     res = subprocess.run(

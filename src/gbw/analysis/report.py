@@ -59,7 +59,13 @@ def report_runs(runs: list[str], out: str, baseline: str | None = None) -> Path:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     infos = [_load(Path(r)) for r in runs]
-    base = _load(Path(baseline)) if baseline else infos[0]
+    unique_names(infos)
+    base = infos[0]
+    if baseline:
+        same = [i for i in infos if i["dir"].resolve() == Path(baseline).resolve()]
+        base = same[0] if same else _load(Path(baseline))
+        if not same:
+            unique_names([*infos, base])
     names = CITYSCAPES_CLASSES
     classes = base["metrics"].get("classes") or list(range(len(names)))
     share = source_share(base["config"])
@@ -123,6 +129,21 @@ def _f(x: float, signed: bool = False) -> str:
     if math.isnan(x):
         return "-"
     return f"{x:+.1f}" if signed else f"{x:.1f}"
+
+
+def unique_names(infos: list[dict[str, Any]]) -> None:
+    """Give runs with the same folder name distinct names (table columns, figure files):
+    the shortest path suffix that tells them apart, then ``#2``, ``#3`` for the same folder
+    given twice. Changes ``info["name"]`` in place."""
+    parts = [i["dir"].resolve().parts for i in infos]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["_".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            break
+    seen: dict[str, int] = {}
+    for info, name in zip(infos, names):
+        seen[name] = seen.get(name, 0) + 1
+        info["name"] = name if seen[name] == 1 else f"{name}#{seen[name]}"
 
 
 def load_run(run: str | Path) -> dict[str, Any]:

@@ -74,6 +74,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({path.stat().st_size} bytes, not a PyTorch zip "
+            "archive). The file is truncated or not a checkpoint: resume from an earlier one "
+            "(checkpoints/step_*.ckpt)."
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:

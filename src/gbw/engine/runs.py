@@ -36,6 +36,9 @@ def load_trained(
 
     ckpt_path = resolve_checkpoint(path)
     state = load_checkpoint(ckpt_path)
+    for key in ("config", "method"):
+        if key not in state:
+            raise CheckpointError(f"{ckpt_path}: checkpoint has no {key!r} entry")
     exp = from_dict(state["config"])
     if overrides:
         exp = load_config(None, overrides, base=exp)
@@ -45,6 +48,17 @@ def load_trained(
         raise CheckpointError(f"{ckpt_path}: holds no weights under {prefix!r}")
     # the trained weights replace any pretrained initialisation: do not ask for those files
     model = build_model(exp.model.name, exp.model.num_classes, **dict(exp.model.kwargs))
+    expected = model.state_dict()
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{ckpt_path}: weights do not fit model {exp.model.name!r} with model.kwargs="
+            f"{dict(exp.model.kwargs)}: {len(wrong)} tensor(s) of another shape, e.g. {wrong[0]}"
+        )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from gbw.config import ExperimentConfig
+from gbw.engine.nonfinite import BufferSnapshot, SkipNonFinite
 from gbw.uda.base import Batch, Step, UDAMethod
 
 
@@ -88,6 +89,14 @@ class StepRunner:
         self.optimizers = optimizers
         self.channels_last = exp.train.channels_last
         make_eager(optimizers, fabric.device)  # GraphedStepRunner makes them capturable again
+        # train.on_nonfinite=skip_step: optimisers that skip a step with non-finite gradients
+        self.skip_nonfinite = exp.train.on_nonfinite == "skip_step"
+        self.step_optimizers: dict[str, Any] = (
+            {k: SkipNonFinite(o) for k, o in optimizers.items()}
+            if self.skip_nonfinite
+            else optimizers
+        )
+        self.last_skipped = False  # whether the last iteration's optimiser steps were skipped
 
     def prepare(self, batch: Batch | None) -> Batch | None:
         """The batch as the step sees it (channels-last images when ``train.channels_last``)."""
@@ -103,10 +112,17 @@ class StepRunner:
     def run_step(
         self, index: int | Tensor, source: Batch, target: Batch | None
     ) -> dict[str, Tensor]:
-        step = Step(index, self.fabric.backward, self.optimizers, self.exp.train.max_iters)  # type: ignore[arg-type]
+        step = Step(index, self.fabric.backward, self.step_optimizers, self.exp.train.max_iters)  # type: ignore[arg-type]
+        snapshot = BufferSnapshot(self.method) if self.skip_nonfinite else None
         with self.fabric.autocast():
             logs = self.method.training_step(source, target, step)
         self.method.after_optimizer_step(step)
+        if snapshot is not None:
+            self.last_skipped = any(o.skipped for o in self.step_optimizers.values())
+            if self.last_skipped:  # undo what the skipped iteration's forward passes changed
+                snapshot.restore()
+            for o in self.step_optimizers.values():
+                o.reset()
         return logs
 
     def __call__(self, it: int, source: Batch, target: Batch | None) -> dict[str, Tensor]:
@@ -276,6 +292,8 @@ def graph_mode(exp: ExperimentConfig, fabric: Any) -> bool:
     """``train.cuda_graph``, where ``null`` (auto) means on for a run on one CUDA device
     (unless ``train.compile`` is set)."""
     flag = exp.train.cuda_graph
+    if flag is None and exp.train.on_nonfinite == "skip_step":
+        return False  # skipping decides on the host, between capture-free eager steps
     if flag and exp.train.compile:
         raise ValueError(
             "train.compile and train.cuda_graph are alternatives: a compiled network that "

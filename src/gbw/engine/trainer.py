@@ -10,10 +10,8 @@ log, evaluation and checkpoint steps.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,9 +20,22 @@ from typing import Any
 
 import torch
 
-from gbw.config import ExperimentConfig, from_dict, method_config, save_config, to_dict
+from gbw.config import (
+    ExperimentConfig,
+    from_dict,
+    method_config,
+    save_config,
+    to_dict,
+    validate,
+)
 from gbw.data.classes import CITYSCAPES_CLASSES
-from gbw.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gbw.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from gbw.engine.data import (
     build_dataset,
     build_train_loader,
@@ -33,15 +44,19 @@ from gbw.engine.data import (
 )
 from gbw.engine.evaluate import evaluate
 from gbw.engine.logger import RunLogger
+from gbw.engine.nonfinite import (
+    NonFiniteLossError,
+    NonFiniteWatch,
+    loss_terms,
+    module_finite,
+)
+from gbw.engine.run_folder import claim_run_dir
 from gbw.engine.stepper import make_step_runner
 from gbw.engine.tracking import WeightTracker
+from gbw.fileio import write_json, write_text
 from gbw.uda.base import UDAMethod
 from gbw.uda.registry import method_class
 from gbw.weighting import ClassWeighting, NoWeighting, make_weighting
-
-
-class RunExistsError(FileExistsError):
-    """The run folder already holds checkpoints and neither --resume nor a new name was given."""
 
 
 @dataclass
@@ -169,12 +184,46 @@ def _versions() -> dict[str, str]:
 
 
 def _find_resume(run_dir: Path, resume: bool | str) -> Path | None:
+    """The checkpoint to resume from: ``resume=True``/``"last"`` -> the run's last.ckpt,
+    a path -> that file; an error when there is none (never a silent start at step 0)."""
     if not resume:
         return None
     if isinstance(resume, str) and resume not in ("", "auto", "last"):
-        return Path(resume)
+        path = Path(resume)
+        if not path.is_file():
+            raise CheckpointError(f"{resume}: checkpoint to resume from not found")
+        return path
     last = run_dir / "checkpoints" / "last.ckpt"
-    return last if last.exists() else None
+    if not last.is_file():
+        raise CheckpointError(
+            f"{run_dir}: nothing to resume, there is no checkpoints/last.ckpt (the run never "
+            "reached its first checkpoint, or the name= / out_dir= differ); start it without "
+            "--resume"
+        )
+    return last
+
+
+def _load_training_state(
+    method: UDAMethod, optimizers: dict[str, Any], state: dict[str, Any], path: Path
+) -> None:
+    """Restore modules, optimisers, the method's extra state and the RNGs from a checkpoint;
+    a checkpoint that does not fit the configured model is one clear error."""
+    try:
+        method.load_state_dict(state["method"])
+        for name, opt in optimizers.items():
+            if name not in state["optimizers"]:
+                raise CheckpointError(f"{path}: checkpoint has no state for optimiser {name!r}")
+            opt.load_state_dict(state["optimizers"][name])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        first = str(exc).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[:3])
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit the configured model and optimisers ({detail})"
+        ) from None
+    method.load_extra_state(state.get("extra", {}))
+    set_rng_state(state["rng"])
 
 
 def _make_fabric(exp: ExperimentConfig):
@@ -206,28 +255,25 @@ def train(
     resume: bool | str = False,
     overwrite: bool = False,
 ) -> TrainResult:
-    """Train ``exp``; ``resume=True`` continues from ``<run_dir>/checkpoints/last.ckpt``."""
+    """Train ``exp`` in ``run_dir`` (default ``out_dir/name``).
+
+    ``resume=True`` continues from ``<run_dir>/checkpoints/last.ckpt`` (an error if there is
+    none), ``resume=<path>`` from that checkpoint. Everything that can fail on bad input (the
+    config, the checkpoint, the model and its pretrained weights, the datasets) is checked
+    before the run folder is created or changed (:mod:`gbw.engine.run_folder`).
+    """
+    validate(exp)
     fabric = _make_fabric(exp)
     fabric.launch()
     run_dir = Path(run_dir) if run_dir is not None else Path(exp.out_dir) / exp.name
+    out_dir = run_dir.parent
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _find_resume(run_dir, resume)
-    explicit = isinstance(resume, str) and resume not in ("", "auto", "last")
-    if explicit and (resume_from is None or not resume_from.exists()):
-        raise FileNotFoundError(f"{resume}: checkpoint to resume from not found")
-    if (
-        fabric.global_rank == 0
-        and resume_from is None
-        and ckpt_dir.exists()
-        and any(ckpt_dir.iterdir())
-    ):
-        if not overwrite:
-            raise RunExistsError(
-                f"{run_dir} already holds checkpoints; resume it with --resume, or choose "
-                "another name= or out_dir= (or --overwrite to start again)"
-            )
-        shutil.rmtree(run_dir)
-    fabric.barrier()
+    is_main = fabric.global_rank == 0
+    if is_main:  # fail fast, before anything is built, if the folder may not be used
+        claim_run_dir(
+            run_dir, out_dir, resuming=resume_from is not None, overwrite=overwrite, dry_run=True
+        )
 
     # Determinism: seeded everything; deterministic kernels where they exist (warn elsewhere).
     fabric.seed_everything(exp.seed, workers=False, verbose=False)
@@ -237,6 +283,9 @@ def train(
     start = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from)
+        for key in ("step", "config", "method", "optimizers", "rng"):
+            if key not in state:
+                raise CheckpointError(f"{resume_from}: checkpoint has no {key!r} entry")
         stored = from_dict(state["config"])
         if to_dict(stored) != to_dict(exp):
             fabric.print(
@@ -245,9 +294,22 @@ def train(
             )
         start = int(state["step"])
 
-    is_main = fabric.global_rank == 0
+    method, optimizers = setup_method(fabric, exp)
+    if state is not None:
+        _load_training_state(method, optimizers, state, resume_from)
+
+    source = build_dataset(exp.data.source, exp, train=True, with_labels=True)
+    target = (
+        build_dataset(exp.data.target, exp, train=True, with_labels=False)
+        if method.uses_target
+        else None
+    )
+    val = build_dataset(exp.data.val, exp, train=False, with_labels=True)
+    val_classes = eval_classes(val, exp.eval.classes)
+
+    # Everything is built: now the run folder may be created (rank 0) and written.
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run_dir, out_dir, resuming=state is not None, overwrite=overwrite)
         save_config(exp, run_dir / "config.yaml")
         meta = {
             "seed": exp.seed,
@@ -258,24 +320,8 @@ def train(
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "resumed_from_step": start,
         }
-        (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
-
-    method, optimizers = setup_method(fabric, exp)
-    if state is not None:
-        method.load_state_dict(state["method"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        method.load_extra_state(state.get("extra", {}))
-        set_rng_state(state["rng"])
-
-    source = build_dataset(exp.data.source, exp, train=True, with_labels=True)
-    target = (
-        build_dataset(exp.data.target, exp, train=True, with_labels=False)
-        if method.uses_target
-        else None
-    )
-    val = build_dataset(exp.data.val, exp, train=False, with_labels=True)
-    val_classes = eval_classes(val, exp.eval.classes)
+        write_json(run_dir / "meta.json", meta)
+    fabric.barrier()
     loader_kw = {
         "start_step": start,
         "rank": fabric.global_rank,
@@ -285,7 +331,7 @@ def train(
     src_loader = build_train_loader(source, exp, "source", **loader_kw)
     rcs = getattr(src_loader.sampler, "rcs", None)
     if rcs is not None and is_main:  # the class frequencies rare-class sampling works from
-        (run_dir / "rare_class_sampling.txt").write_text(rcs.describe() + "\n")
+        write_text(run_dir / "rare_class_sampling.txt", rcs.describe() + "\n")
         fabric.print(rcs.describe())
     src_iter = iter(fabric.setup_dataloaders(src_loader, use_distributed_sampler=False))
     tgt_iter = None
@@ -310,7 +356,32 @@ def train(
             total=exp.train.max_iters, initial=start, desc=exp.name, dynamic_ncols=True, leave=False
         )
 
+    watch = NonFiniteWatch(fabric.device)
+    last_saved: list[str | None] = [None]  # the newest checkpoint this run wrote
+
+    def stop_if_nonfinite(step: int, weights: bool = False) -> None:
+        """Stop the run (on every rank) if a loss term has been non-finite since the start, or
+        (``weights``) if the trained state after iteration ``step`` is not finite."""
+        found = watch.check()
+        weights_bad = weights and found is None and not module_finite(method)
+        if weights_bad:
+            found = (step - 1, "(parameters)", float("nan"))
+        flag = torch.tensor(0.0 if found is None else 1.0, device=fabric.device)
+        if fabric.world_size > 1:
+            flag = fabric.all_reduce(flag, reduce_op="sum")
+        if float(flag) > 0:
+            msg = (
+                NonFiniteWatch.message(found, last_saved[0], weights=weights_bad)
+                if found is not None
+                else "a loss term became non-finite on another process; training stopped"
+            )
+            if bar is not None:
+                bar.close()
+            logger.close()
+            raise NonFiniteLossError(msg)
+
     def checkpoint(step: int) -> None:
+        stop_if_nonfinite(step, weights=True)  # never save a state that is not finite
         if is_main:
             payload = {
                 "step": step,
@@ -331,6 +402,7 @@ def train(
             old = sorted(ckpt_dir.glob("step_*.ckpt"))[: -max(exp.train.keep_ckpts, 1)]
             for p in old:
                 p.unlink()
+        last_saved[0] = f"checkpoints/step_{step:07d}.ckpt (iteration {step})"
         fabric.barrier()
 
     confusion: list[list[list[int]] | None] = [None]  # of the latest evaluation
@@ -354,13 +426,34 @@ def train(
 
     last_miou = float("nan")
     run_step = make_step_runner(fabric, exp, method, optimizers)
+    skipped_in_a_row = 0
     for it in range(start, exp.train.max_iters):
         src = next(src_iter)
         tgt = next(tgt_iter) if tgt_iter is not None else None
         logs = run_step(it, src, tgt)
-        tracker.update(method.weighting_logs())
         done = it + 1
+        if run_step.skip_nonfinite:
+            if run_step.last_skipped:
+                skipped_in_a_row += 1
+                bad = [k for k in loss_terms(logs) if not torch.isfinite(logs[k]).all()]
+                fabric.print(
+                    f"iteration {done}: optimiser step skipped, non-finite gradients "
+                    f"(loss terms {', '.join(bad) or 'all finite'}; train.on_nonfinite=skip_step)"
+                )
+                logger.log(done, {"diag/skipped_step": 1.0})
+                if skipped_in_a_row >= exp.train.max_skipped_steps:
+                    raise NonFiniteLossError(
+                        f"iteration {done}: {skipped_in_a_row} consecutive optimiser steps were "
+                        "skipped for non-finite gradients (train.max_skipped_steps); training "
+                        "stopped. Lower optim.lr"
+                    )
+                continue
+            skipped_in_a_row = 0
+        else:
+            watch.update(it, logs)
+        tracker.update(method.weighting_logs())
         if done % exp.train.log_every == 0 or done == exp.train.max_iters:
+            stop_if_nonfinite(done)
             scalars = {f"loss/{k}": v for k, v in logs.items()}
             scalars["lr"] = float(next(iter(optimizers.values())).param_groups[0]["lr"])
             scalars |= tracker.interval_means()
@@ -381,21 +474,20 @@ def train(
         checkpoint(end)
     if bar is not None:
         bar.close()
+    stop_if_nonfinite(end, weights=True)
     result.metrics = run_eval(end)
     result.steps = end - start
     result.seconds = time.perf_counter() - t0
     if is_main:
-        (run_dir / "metrics.json").write_text(
-            json.dumps(
-                {
-                    "step": end,
-                    "classes": list(val_classes) if val_classes else None,
-                    **result.metrics,
-                    "confusion": confusion[0],
-                },
-                indent=1,
-            )
+        write_json(
+            run_dir / "metrics.json",
+            {
+                "step": end,
+                "classes": list(val_classes) if val_classes else None,
+                **result.metrics,
+                "confusion": confusion[0],
+            },
         )
-        (run_dir / "weights_summary.json").write_text(json.dumps(tracker.summary(names), indent=1))
+        write_json(run_dir / "weights_summary.json", tracker.summary(names))
     logger.close()
     return result

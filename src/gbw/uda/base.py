@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gbw.config import ExperimentConfig, OptimConfig
 from gbw.weighting import ClassWeighting, Focal
+
+if TYPE_CHECKING:  # types only: the config module validates method settings, so sits above
+    from gbw.config import ExperimentConfig, OptimConfig
 
 Batch = dict[str, Any]  # "image" (B,3,H,W) in [0,1], "label" (B,H,W) when labelled
 
