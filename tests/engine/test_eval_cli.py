@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from test_predict import tiny_weights
-
 from gbw.cli import main
+from weight_files import tiny_weights
 
 
 def test_eval_of_a_weight_file_writes_json_into_a_new_folder(minicity_root, tmp_path, capsys):

@@ -32,6 +32,16 @@ def write_json(path: str | Path, payload: dict) -> Path:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``gbw eval RUN [key=value ...] [--json FILE] [--official [--official-dir DIR]]``."""
+    from gbw.engine.official import OfficialEvalError
+    from gbw.engine.predict import PredictError
+
+    try:
+        return _eval(args)
+    except (OfficialEvalError, PredictError) as exc:
+        return _error("eval", exc)
+
+
+def _eval(args: argparse.Namespace) -> int:
     import tempfile
 
     import torch
