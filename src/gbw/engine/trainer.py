@@ -90,7 +90,14 @@ def build_method(exp: ExperimentConfig) -> UDAMethod:
                 "YAML says where to download it; model.pretrained='' trains from random init)"
             )
         model_kwargs["weights"] = exp.model.pretrained
+    from gbw.engine.weights import is_weight_file, load_pretrained_weight_file
+
+    whole = exp.model.pretrained and is_weight_file(exp.model.pretrained)
+    if whole:  # a gbw weight file (gbw convert): the whole network, not only the backbone
+        del model_kwargs["weights"]
     model = build_model(exp.model.name, exp.model.num_classes, **model_kwargs)
+    if whole:
+        load_pretrained_weight_file(model, exp, exp.model.pretrained)
     cls = method_class(exp.method)
     mcfg = method_config(cls.Config, exp.uda, exp.method)
     return cls(model, mcfg, exp, weighting_factory(exp))

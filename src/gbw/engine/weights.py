@@ -107,13 +107,16 @@ def load_weights_into(model: nn.Module, wf: WeightFile, where: str | Path) -> No
     model.load_state_dict(wf.state_dict, strict=True)
 
 
-def check_model_section(wf: WeightFile, name: str, num_classes: int, where: str | Path) -> None:
-    """A weight file used as ``model.pretrained`` must be of the configured architecture."""
-    if wf.model["name"] != name or int(wf.model["num_classes"]) != num_classes:
+def load_pretrained_weight_file(model: nn.Module, exp: Any, path: str | Path) -> None:
+    """``model.pretrained=<gbw weight file>``: check the architecture, then load strictly."""
+    wf = read_weight_file(path)
+    name, classes = exp.model.name, exp.model.num_classes
+    if wf.model["name"] != name or int(wf.model["num_classes"]) != classes:
         raise CheckpointError(
-            f"{where}: weight file is {wf.model['name']!r} with {wf.model['num_classes']} classes, "
-            f"the config asks for {name!r} with {num_classes}"
+            f"model.pretrained: {path} is {wf.model['name']!r} with {wf.model['num_classes']} "
+            f"classes, the config asks for {name!r} with {classes}"
         )
+    load_weights_into(model, wf, path)
 
 
 def convert_checkpoint(

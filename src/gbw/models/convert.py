@@ -108,12 +108,22 @@ def _load_with_numpy(path: Path, first: Exception) -> Any:
             f"{path}: refused to load ({type(first).__name__}: {str(first).splitlines()[0]}); "
             "only tensors, plain values and numpy arrays are read"
         ) from None
-    allowed = []
+    import numpy as np
+
+    allowed: list[Any] = []
     for name in needed:
         mod, _, attr = name.rpartition(".")
         allowed.append(getattr(importlib.import_module(mod), attr))
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    # a dtype is rebuilt from its class (numpy.dtypes.Float64DType, ...): plain data types
+    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConvertError(
+            f"{path}: refused to load ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "only tensors, plain values and numpy arrays are read"
+        ) from None
 
 
 def select_module(
@@ -153,7 +163,9 @@ def select_module(
 # --- architecture from the tensors ----------------------------------------------------------------
 
 
-def infer_model_kwargs(model_name: str, sd: Mapping[str, Tensor]) -> tuple[int, dict[str, Any]]:
+def infer_model_kwargs(
+    model_name: str, sd: Mapping[str, Tensor], where: str = "<state dict>"
+) -> tuple[int, dict[str, Any]]:
     """(num_classes, model kwargs) of the gbw network that fits a reference state dict:
     classes, decoder widths, MiT depths and widths, attention head width and class-wise-ness."""
     fam = family(model_name)
@@ -164,7 +176,7 @@ def infer_model_kwargs(model_name: str, sd: Mapping[str, Tensor]) -> tuple[int, 
         channels = sd[head + "fuse_layer.bottleneck.conv.weight"].shape[0]
     except KeyError as exc:
         raise ConvertError(
-            f"not a {model_name} checkpoint: no {exc.args[0]!r} (is --arch right?)"
+            f"{where}: not a {model_name} checkpoint: no {exc.args[0]!r} (is --arch right?)"
         ) from None
     kwargs: dict[str, Any] = {}
     if embed_dim != 256:
@@ -176,8 +188,8 @@ def infer_model_kwargs(model_name: str, sd: Mapping[str, Tensor]) -> tuple[int, 
     if model_name.endswith("mitb5"):
         if named != "b5":
             raise ConvertError(
-                f"--arch {model_name}: the checkpoint's MiT has widths {encoder[0]} and depths "
-                f"{encoder[1]}, not MiT-B5's; use --arch {model_name[:-2]}"
+                f"{where}: --arch {model_name}: the checkpoint's MiT has widths {encoder[0]} and "
+                f"depths {encoder[1]}, not MiT-B5's; use --arch {model_name[:-2]}"
             )
     elif named is not None:
         kwargs["encoder"] = named
@@ -186,7 +198,7 @@ def infer_model_kwargs(model_name: str, sd: Mapping[str, Tensor]) -> tuple[int, 
     if fam == "hrda":
         att = "decode_head.scale_attention."
         if att + "conv_seg.weight" not in sd:
-            raise ConvertError(f"not an HRDA checkpoint: no {att + 'conv_seg.weight'!r}")
+            raise ConvertError(f"{where}: not an HRDA checkpoint: no {att + 'conv_seg.weight'!r}")
         att_dim = sd[att + "fuse_layer.conv.weight"].shape[0]
         if att_dim != 256:
             kwargs["attention_embed_dim"] = int(att_dim)
@@ -230,7 +242,7 @@ def from_reference(
     """Build gbw's ``model_name`` and fill it from a reference *segmentor* state dict
     (prefixes already removed, :func:`select_module`). ``model_kwargs`` replace the inferred
     ones (e.g. the MiT variant's head counts, which checkpoints do not store)."""
-    inferred_classes, kwargs = infer_model_kwargs(model_name, sd)
+    inferred_classes, kwargs = infer_model_kwargs(model_name, sd, where)
     if model_kwargs:
         kwargs.update(model_kwargs)
     if "encoder" in kwargs and kwargs["encoder"] is None:
