@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 class DatasetSpec:
     """One dataset split and how its training crops are made (DAFormer's pipeline)."""
 
-    name: str = "minicity"  # minicity | gta | synthia | cityscapes
+    name: str = "minicity"  # minicity | gta | synthia | cityscapes | folder
     root: str = ""  # "" = data/<name> for real datasets, the MiniCity cache otherwise
     split: str = "train"  # train | val; MiniCity: source_train | target_train | target_val
     resize: list[int] | None = None  # (W, H) before cropping, e.g. [1280, 720] for GTA5
@@ -43,6 +43,11 @@ class DatasetSpec:
     # cropped with the image (HRDA/MIC target: [30, 240, 30, 30]); real datasets only
     pseudo_margins: list[int] | None = None
     subset: int = 0  # use only the first N images (0 = all)
+    # name: folder (your own data, docs/own_data.md): <root>/<image_dir>/<split>/** images and
+    # <root>/<label_dir>/<split>/** label PNGs matched by relative name; split "" = no sub-folder
+    labels_map: str = ""  # folder: YAML with the class names and raw id -> trainId
+    image_dir: str = "images"  # folder: image folder under root
+    label_dir: str = "labels"  # folder: label folder under root
 
 
 @dataclass

@@ -90,19 +90,36 @@ class PredictReport:
 # --- colours ------------------------------------------------------------------------------------
 
 
-def palette(num_classes: int = len(CITYSCAPES_PALETTE)) -> np.ndarray:
-    """(256, 3) uint8 colour table: the Cityscapes colours for trainIds 0..18, fixed
-    pseudo-random colours for further classes, black for ignore (255)."""
+def palette(
+    num_classes: int = len(CITYSCAPES_PALETTE), colors: Sequence[Sequence[int]] | None = None
+) -> np.ndarray:
+    """(256, 3) uint8 colour table: ``colors`` (default: the Cityscapes colours of trainIds
+    0..18), fixed pseudo-random colours for further classes, black for ignore (255)."""
+    colors = CITYSCAPES_PALETTE if colors is None else colors
     lut = np.random.default_rng(0).integers(0, 256, size=(256, 3), dtype=np.uint8)
-    lut[: len(CITYSCAPES_PALETTE)] = np.asarray(CITYSCAPES_PALETTE, dtype=np.uint8)
-    lut[max(num_classes, 0) : len(CITYSCAPES_PALETTE)] = 0
+    lut[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    lut[max(num_classes, 0) : len(colors)] = 0
     lut[IGNORE_INDEX] = 0
     return lut
 
 
-def colorize(label: np.ndarray, num_classes: int = len(CITYSCAPES_PALETTE)) -> np.ndarray:
+def colorize(
+    label: np.ndarray,
+    num_classes: int = len(CITYSCAPES_PALETTE),
+    colors: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
     """(H, W) trainIds -> (H, W, 3) uint8 colours (see :func:`palette`)."""
-    return palette(num_classes)[label.astype(np.uint8)]
+    return palette(num_classes, colors)[label.astype(np.uint8)]
+
+
+def run_palette(exp: ExperimentConfig) -> Sequence[Sequence[int]] | None:
+    """The colours of a run's classes: a folder dataset's label-map palette, else Cityscapes'."""
+    spec = exp.data.val
+    if spec.name == "folder" and spec.labels_map and Path(spec.labels_map).is_file():
+        from gbw.data.folder import load_label_map
+
+        return load_label_map(spec.labels_map).palette
+    return None
 
 
 def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -348,6 +365,7 @@ def predict_files(
         raise PredictError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
     report = PredictReport()
     odd_names = 0
+    colors_of = run_palette(exp)
     for job in jobs:
         try:
             rgb, note = read_photo(job.image)
@@ -365,7 +383,7 @@ def predict_files(
         colors = None
         for fmt, target in job.outputs.items():
             if fmt == "color":
-                colors = colorize(pred, exp.model.num_classes)
+                colors = colorize(pred, exp.model.num_classes, colors_of)
                 _write(target, colors)
             elif fmt == "trainids":
                 _write(target, pred)
@@ -374,7 +392,8 @@ def predict_files(
                     odd_names += 1
                 _write(target, train_ids_to_label_ids(pred))
             else:  # overlay
-                colors = colors if colors is not None else colorize(pred, exp.model.num_classes)
+                if colors is None:
+                    colors = colorize(pred, exp.model.num_classes, colors_of)
                 _write(target, overlay(rgb, colors))
             report.written.append(target)
         report.predicted += 1

@@ -304,7 +304,7 @@ def train(
             )
         )
 
-    names = CITYSCAPES_CLASSES[: exp.model.num_classes]
+    names = tuple(getattr(val, "CLASSES", CITYSCAPES_CLASSES))[: exp.model.num_classes]
     logger = RunLogger(run_dir, names, enabled=is_main, resume_step=start if state else None)
     tracker = WeightTracker.from_state(state.get("tracker") if state else None, fabric.device)
     t0 = time.perf_counter()
