@@ -14,6 +14,8 @@ from PIL import Image
 from gbw.cli import main
 from gbw.engine.predict import labels_at, predict_image
 from gbw.engine.runs import load_trained
+from gbw.engine.weights import WeightFile, save_weight_file
+from gbw.models import build_model
 from weight_files import smooth_image, tiny_weights
 
 
@@ -203,3 +205,27 @@ def test_nested_folder_keeps_relative_paths_and_slides_as_the_run_says(
     (tmp_path / "empty").mkdir()
     assert _predict(str(weights), str(tmp_path / "empty"), "--out", str(out)) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def test_hrda_on_an_odd_sized_image(tmp_path):
+    """HRDA needs sides divisible by 8: the network input is rounded to them, the mask is not."""
+    kwargs = {
+        "encoder": "tiny",
+        "embed_dim": 16,
+        "channels": 16,
+        "attention_embed_dim": 16,
+        "detail_crop": [32, 32],
+    }
+    torch.manual_seed(0)
+    model = build_model("hrda_daformer_mit", 5, **kwargs)
+    wf = WeightFile(
+        model={"name": "hrda_daformer_mit", "num_classes": 5, "kwargs": kwargs},
+        state_dict=model.state_dict(),
+        eval={"mode": "slide", "crop": [64, 64], "stride": [32, 32]},
+    )
+    weights = save_weight_file(tmp_path / "hrda.pt", wf)
+    Image.fromarray(smooth_image(141, 203)).save(tmp_path / "odd.png")
+    out = tmp_path / "out"
+    assert _predict(str(weights), str(tmp_path / "odd.png"), "--out", str(out), "--trainids") == 0
+    ids = np.asarray(Image.open(out / "odd_trainIds.png"))
+    assert ids.shape == (141, 203) and ids.max() < 5

@@ -231,3 +231,12 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2 and "refused to load" in captured.err
     assert "pickled code ran" not in captured.out
+
+
+def test_cli_names_every_architecture(capsys):
+    from gbw.engine.commands import CONVERT_ARCHS
+    from gbw.models.reference_names import ARCHS
+
+    assert set(CONVERT_ARCHS) == set(ARCHS)
+    assert main(["convert", "x.pth", "--arch", "segformer", "--out", "y.pt"]) == 2
+    assert "unknown --arch 'segformer'" in capsys.readouterr().err

@@ -210,10 +210,13 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 # --- gbw convert --------------------------------------------------------------------------------
 
 
+#: ``gbw.models.reference_names.ARCHS`` (not imported here: ``gbw --help`` stays light; a test
+#: checks that the two agree).
+CONVERT_ARCHS = ("daformer_mitb5", "hrda_daformer_mitb5", "daformer_mit", "hrda_daformer_mit")
+
+
 def register_convert(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gbw convert`` (released DAFormer/HRDA/MIC checkpoints -> gbw weight files)."""
-    from gbw.models.reference_names import ARCHS
-
     p = subparsers.add_parser(
         "convert",
         help="convert a released DAFormer/HRDA/MIC (mmseg) checkpoint to a gbw weight file",
@@ -223,7 +226,13 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
         "key that is not mapped is reported. The file is read with torch.load(weights_only=True).",
     )
     p.add_argument("checkpoint", help="the released checkpoint (.pth)")
-    p.add_argument("--arch", required=True, choices=sorted(ARCHS), help="its architecture")
+    p.add_argument(
+        "--arch",
+        required=True,
+        metavar="ARCH",
+        help=f"its architecture: {', '.join(CONVERT_ARCHS)} (*_mit: any MiT variant, read "
+        "from the checkpoint; MIC uses the architecture it was trained with)",
+    )
     p.add_argument("--out", required=True, help="gbw weight file to write")
     p.add_argument(
         "--module",
