@@ -307,15 +307,9 @@ class FolderReport:
             lines.append(f"  {'class':<16}{'pixels %':>9}{'images':>8}")
             for name, s, k in zip(classes, share, present):
                 lines.append(f"  {name:<16}{100 * s:>9.2f}{int(k):>8}")
-        if self.notes:
-            lines.append(f"notes ({len(self.notes)}):")
-            lines += [f"  {n}" for n in self.notes]
-        if self.problems:
-            lines.append(f"problems ({len(self.problems)}):")
-            lines += [f"  {p}" for p in self.problems]
-            lines.append(f"FAILED: {len(self.problems)} problem(s) in {self.root}")
-        else:
-            lines.append(f"OK: {self.root} is a complete, readable folder dataset")
+        from gbw.data.check import verdict_lines
+
+        lines += verdict_lines(self.notes, self.problems, self.root, "folder dataset")
         if self.stats_file is not None:
             lines.append(f"class statistics -> {self.stats_file}")
         return "\n".join(lines)
