@@ -185,6 +185,12 @@ def test_round_trip_gives_identical_logits(tmp_path, arch):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(converted(x)["main"], original(x)["main"])
+    # a plain segmentor checkpoint (no UDA wrapper, no state_dict key) converts the same way
+    torch.save(ref, tmp_path / "plain.pth")
+    plain = tmp_path / "plain.pt"
+    assert main(["convert", str(tmp_path / "plain.pth"), "--arch", name, "--out", str(plain)]) == 0
+    with torch.no_grad():
+        assert torch.equal(load_trained(plain, extra)[1](x)["main"], original(x)["main"])
     # model.pretrained= accepts the file and initialises the whole network from it
     from gbw.config import load_config
     from gbw.engine.trainer import build_method
