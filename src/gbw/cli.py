@@ -3,7 +3,8 @@
 gbw demo                          the embedded CPU benchmark, with and without GBW
 gbw train CONFIG [key=value ...]  train one experiment (configs/*.yaml)
 gbw eval RUN [key=value ...]      per-class IoU/recall of a trained run on its val set
-gbw predict RUN IMAGES... --out DIR   colourised masks in the Cityscapes palette
+gbw predict RUN IMAGES... --out DIR   masks for images and folders (colour, trainIds, labelIds)
+gbw convert CKPT --arch A --out F  released DAFormer/HRDA/MIC checkpoints -> gbw weights
 gbw data prepare|check DATASET    prepare and check GTA5 / SYNTHIA / Cityscapes
 gbw report RUN [RUN ...]          tables and plots comparing runs
 gbw bench overhead|step           speed and memory measurements
@@ -12,7 +13,6 @@ gbw bench overhead|step           speed and memory measurements
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -53,50 +53,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    from gbw.commands import cmd_eval
 
-    from gbw.analysis.tables import metrics_table
-    from gbw.data.classes import CITYSCAPES_CLASSES
-    from gbw.engine.data import build_dataset, eval_classes
-    from gbw.engine.evaluate import evaluate
-    from gbw.engine.runs import load_trained
-
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    exp, model, state = load_trained(args.run, args.overrides, device)
-    val = build_dataset(exp.data.val, exp, train=False, with_labels=True)
-    classes = eval_classes(val, exp.eval.classes)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else None
-    metrics = evaluate(
-        model,
-        val,
-        exp.eval,
-        exp.model.num_classes,
-        classes=classes,
-        device=device,
-        autocast=autocast,
-        progress=True,
-    )
-    names = CITYSCAPES_CLASSES[: exp.model.num_classes]
-    print(metrics_table(metrics, names))
-    out = {"checkpoint_step": int(state["step"]), **metrics.as_dict(names)}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return 0
+    return cmd_eval(args)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from gbw.engine.predict import predict_files
+    from gbw.commands import cmd_predict
 
-    written = predict_files(
-        args.run,
-        args.images,
-        args.out,
-        trainids=args.trainids,
-        cpu=args.cpu,
-        overrides=args.overrides,
-    )
-    print(f"wrote {len(written)} masks to {args.out}")
-    return 0
+    return cmd_predict(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -179,29 +144,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run or checkpoint on its val set")
-    p.add_argument("run", help="run folder (uses checkpoints/last.ckpt) or a .ckpt file")
+    p.add_argument(
+        "run", help="run folder (uses checkpoints/last.ckpt), a .ckpt file or a gbw weight file"
+    )
     _add_overrides(p)
-    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--json", help="also write the metrics to this JSON file (folders are made)")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
+    p.add_argument(
+        "--config", default=None, help="experiment YAML for a weight file from gbw convert"
+    )
+    p.add_argument(
+        "--official",
+        action="store_true",
+        help="also run cityscapesscripts' evalPixelLevelSemanticLabeling on labelIds PNGs of "
+        "the predictions and print both results side by side (pip install 'gbw[cityscapes]')",
+    )
+    p.add_argument("--official-dir", default=None, help="keep those labelIds PNGs in this folder")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="write colourised segmentation masks for images")
-    p.add_argument("run", help="run folder or .ckpt file")
-    p.add_argument("images", nargs="+", help="image files (PNG/JPEG)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--trainids", action="store_true", help="also write raw trainId PNGs (<name>_trainIds.png)"
+    p = sub.add_parser(
+        "predict",
+        help="segmentation masks for images and folders, any resolution",
+        description="Masks for image files and folders (recursive, relative paths kept) with the "
+        "run's evaluation protocol (whole image or sliding window). Unreadable files are "
+        "reported one line each; exit code 1 if any failed, 2 for usage errors.",
     )
-    p.add_argument("--cpu", action="store_true")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="key=value",
-        help="config override (e.g. eval.resize=[1024,512]); repeatable",
-    )
+    from gbw.commands import add_predict_arguments, register_convert
+
+    add_predict_arguments(p)
     p.set_defaults(func=_cmd_predict)
+    register_convert(sub)
 
     from gbw.data.commands import register as register_data
 

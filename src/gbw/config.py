@@ -27,7 +27,7 @@ from gbw.errors import ConfigError
 class DatasetSpec:
     """One dataset split and how its training crops are made (DAFormer's pipeline)."""
 
-    name: str = "minicity"  # minicity | gta | synthia | cityscapes
+    name: str = "minicity"  # minicity | gta | synthia | cityscapes | folder
     root: str = ""  # "" = data/<name> for real datasets, the MiniCity cache otherwise
     split: str = "train"  # train | val; MiniCity: source_train | target_train | target_val
     resize: list[int] | None = None  # (W, H) before cropping, e.g. [1280, 720] for GTA5
@@ -43,6 +43,11 @@ class DatasetSpec:
     # cropped with the image (HRDA/MIC target: [30, 240, 30, 30]); real datasets only
     pseudo_margins: list[int] | None = None
     subset: int = 0  # use only the first N images (0 = all)
+    # name: folder (your own data, docs/own_data.md): <root>/<image_dir>/<split>/** images and
+    # <root>/<label_dir>/<split>/** label PNGs matched by relative name; split "" = no sub-folder
+    labels_map: str = ""  # folder: YAML with the class names and raw id -> trainId
+    image_dir: str = "images"  # folder: image folder under root
+    label_dir: str = "labels"  # folder: label folder under root
 
 
 @dataclass
@@ -226,8 +231,12 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     base: ExperimentConfig | None = None,
+    *,
+    data_domains: tuple[str, ...] = ("source", "target", "val"),
 ) -> ExperimentConfig:
-    """Load a YAML experiment (or the defaults) and apply ``key=value`` overrides."""
+    """Load a YAML experiment (or the defaults), apply ``key=value`` overrides and
+    :func:`validate` it; ``data_domains``: the datasets whose class count must match the model
+    (evaluation needs ``("val",)``, prediction none)."""
     schema = base if base is not None else ExperimentConfig()
     cfg = OmegaConf.structured(schema)
     if path is not None:
@@ -243,7 +252,7 @@ def load_config(
         except OmegaConfBaseException as exc:
             raise _wrap(exc, schema, f"override {item!r}") from None
     exp = OmegaConf.to_object(cfg)
-    validate(exp)  # type: ignore[arg-type]
+    validate(exp, data_domains=data_domains)  # type: ignore[arg-type]
     return exp  # type: ignore[return-value]
 
 
@@ -365,22 +374,36 @@ class _Checker:
         )
 
 
-def _dataset_classes_and_splits(name: str) -> tuple[int, tuple[str, ...]]:
-    """(number of label classes, split names) of a dataset, by config name."""
-    if name == "minicity":
+def _dataset_classes_and_splits(spec: DatasetSpec, key: str) -> tuple[int, tuple[str, ...] | None]:
+    """(number of label classes, split names or None = any) of a dataset spec."""
+    if spec.name == "minicity":
         from gbw.data.minicity.cache import SPLITS
 
         return NUM_CLASSES, tuple(SPLITS)
+    if spec.name == "folder":
+        from gbw.data.folder import load_label_map
+
+        if not spec.labels_map:
+            raise ConfigError(
+                f"{key}.labels_map='': a folder dataset needs its label map YAML (docs/own_data.md)"
+            )
+        try:
+            return load_label_map(spec.labels_map).num_classes, None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{key}.labels_map: {exc}") from None
     from gbw.data.registry import dataset_class
 
-    cls = dataset_class(name)
+    cls = dataset_class(spec.name)
     return cls.NUM_CLASSES, cls.SPLITS
 
 
-def validate(exp: ExperimentConfig) -> ExperimentConfig:
+def validate(
+    exp: ExperimentConfig, *, data_domains: tuple[str, ...] = ("source", "target", "val")
+) -> ExperimentConfig:
     """Check every value of ``exp``; the first bad one raises :class:`ConfigError` naming the
     key, the value and what is allowed. Called by :func:`load_config` and by ``train``, so a
-    bad config fails before any folder exists. Returns ``exp``."""
+    bad config fails before any folder exists. ``data_domains``: the datasets that must have
+    the model's number of classes (all three for training). Returns ``exp``."""
     from gbw.data.registry import DATASET_NAMES
     from gbw.models.registry import MODEL_NAMES
     from gbw.uda.registry import METHODS, method_class
@@ -403,13 +426,16 @@ def validate(exp: ExperimentConfig) -> ExperimentConfig:
     c.number("model.num_classes", m.num_classes, low=1, integer=True)
 
     d = exp.data
+    if not getattr(method_class(exp.method), "uses_target", True):
+        data_domains = tuple(x for x in data_domains if x != "target")  # never read
     for domain in ("source", "target", "val"):
         spec: DatasetSpec = getattr(d, domain)
         key = f"data.{domain}"
-        c.one_of(f"{key}.name", spec.name, ("minicity", *DATASET_NAMES))
-        classes, splits = _dataset_classes_and_splits(spec.name)
-        c.one_of(f"{key}.split", spec.split, splits)
-        if classes != m.num_classes:
+        c.one_of(f"{key}.name", spec.name, ("minicity", "folder", *DATASET_NAMES))
+        classes, splits = _dataset_classes_and_splits(spec, key)
+        if splits is not None:
+            c.one_of(f"{key}.split", spec.split, splits)
+        if classes != m.num_classes and domain in data_domains:
             raise ConfigError(
                 f"model.num_classes={m.num_classes} disagrees with {key} ({spec.name}), whose "
                 f"labels have {classes} classes (trainIds 0-{classes - 1}); set "

@@ -35,7 +35,7 @@ def describe_os_error(exc: OSError, path: str | Path, action: str = "writing") -
     if exc.errno == errno.EDQUOT:
         return f"disk quota exceeded while {action} {path}"
     if exc.errno == errno.EROFS:
-        return f"read-only file system: cannot write {path}"
+        return f"read-only file system while {action} {path}"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied while {action} {path}"
     return f"{exc.strerror or exc} while {action} {path}"

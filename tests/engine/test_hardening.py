@@ -372,7 +372,7 @@ def test_read_only_folder_is_one_clear_error(tmp_path: Path, monkeypatch) -> Non
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(OutputError, match="read-only file system: cannot write"):
+    with pytest.raises(OutputError, match="read-only file system while writing"):
         write_json(tmp_path / "x.json", {})
 
 

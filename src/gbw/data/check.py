@@ -53,16 +53,23 @@ class CheckReport:
                 f"  {split}: {n} images (expected {expected}), "
                 f"{self.checked.get(split, 0)} image/label pairs checked"
             )
-        if self.notes:
-            lines.append(f"notes ({len(self.notes)}):")
-            lines += [f"  {n}" for n in self.notes]
-        if self.problems:
-            lines.append(f"problems ({len(self.problems)}):")
-            lines += [f"  {p}" for p in self.problems]
-            lines.append(f"FAILED: {len(self.problems)} problem(s) in {self.root}")
-        else:
-            lines.append(f"OK: {self.root} is a complete, readable {cls.TITLE} tree")
+        lines += verdict_lines(self.notes, self.problems, self.root, f"{cls.TITLE} tree")
         return "\n".join(lines)
+
+
+def verdict_lines(notes: list[str], problems: list[str], root: Path, what: str) -> list[str]:
+    """The end of a check report: the notes, the problems, and OK or FAILED."""
+    lines = []
+    if notes:
+        lines.append(f"notes ({len(notes)}):")
+        lines += [f"  {n}" for n in notes]
+    if problems:
+        lines.append(f"problems ({len(problems)}):")
+        lines += [f"  {p}" for p in problems]
+        lines.append(f"FAILED: {len(problems)} problem(s) in {root}")
+    else:
+        lines.append(f"OK: {root} is a complete, readable {what}")
+    return lines
 
 
 def _size(shape: tuple[int, ...]) -> str:

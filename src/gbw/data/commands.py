@@ -20,7 +20,10 @@ expected layouts (as in DAFormer, HRDA and MIC):
                                                                       9,400 images)
   data/cityscapes/leftImg8bit/{train,val}/<city>/<id>_leftImg8bit.png
   data/cityscapes/gtFine/{train,val}/<city>/<id>_gtFine_labelIds.png (Cityscapes, 2,975 / 500)
+  <root>/images/<split>/**/<stem>.<ext>, <root>/labels/<split>/**/<stem>.png
+                       (folder: your own data, with --labels-map; see docs/own_data.md)
 """
+DATASETS = (*DATASET_NAMES, "folder")
 
 
 def _default_workers() -> int:
@@ -57,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_LAYOUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    prepare.add_argument("dataset", choices=DATASET_NAMES, help="which dataset")
+    prepare.add_argument("dataset", choices=DATASETS, help="which dataset")
     prepare.add_argument(
         "--root", type=Path, default=None, help="dataset root (default: data/<dataset>)"
     )
@@ -71,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="redo every label, even those already prepared"
     )
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_folder_arguments(prepare)
     prepare.set_defaults(func=run_prepare)
 
     check = commands.add_parser(
@@ -84,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_LAYOUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("dataset", choices=DATASET_NAMES, help="which dataset")
+    check.add_argument("dataset", choices=DATASETS, help="which dataset")
     check.add_argument(
         "--root", type=Path, default=None, help="dataset root (default: data/<dataset>)"
     )
@@ -107,7 +111,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="processes decoding in parallel (default: %(default)s)",
     )
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_folder_arguments(check)
     check.set_defaults(func=run_check)
+
+
+def _add_folder_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("folder datasets (your own data, docs/own_data.md)")
+    g.add_argument("--labels-map", type=Path, default=None, help="label map YAML (classes, ids)")
+    g.add_argument("--split", default="", help="sub-folder of images/ and labels/ (default: none)")
+    g.add_argument("--image-dir", default="images", help="image folder under --root")
+    g.add_argument("--label-dir", default="labels", help="label folder under --root")
+
+
+def run_folder(args: argparse.Namespace, *, prepare: bool) -> int:
+    """``gbw data check|prepare folder``: 0 fine, 1 problems found, 2 wrong usage."""
+    from gbw.data.folder import check_folder, load_label_map
+
+    if args.root is None or args.labels_map is None:
+        print("error: a folder dataset needs --root and --labels-map", file=sys.stderr)
+        return 2
+    try:
+        classes = load_label_map(args.labels_map).classes
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = check_folder(
+        args.root,
+        args.labels_map,
+        split=args.split,
+        image_dir=args.image_dir,
+        label_dir=args.label_dir,
+        workers=args.workers,
+        write_stats=prepare,
+    )
+    print(report.format(classes))
+    if prepare and not report.ok:
+        print("class statistics not written; fix the files above and run the command again")
+    return 0 if report.ok else 1
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -115,6 +155,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     wrong root."""
     from gbw.data.prepare import prepare_dataset
 
+    if args.dataset == "folder":
+        return run_folder(args, prepare=True)
     cls = dataset_class(args.dataset)
     root = args.root if args.root is not None else Path(cls.DEFAULT_ROOT)
     try:
@@ -157,6 +199,8 @@ def run_check(args: argparse.Namespace) -> int:
     """``gbw data check``: prints the report; 0 when the tree is fine, 1 otherwise."""
     from gbw.data.check import check_dataset
 
+    if args.dataset == "folder":
+        return run_folder(args, prepare=False)
     report = check_dataset(
         args.dataset,
         args.root,

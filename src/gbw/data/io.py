@@ -136,3 +136,72 @@ def read_label_png(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: is a folder, expected an image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ValueError(f"{path}: cannot decode image (corrupt or truncated file)") from None
+
+
+# --- photos of any format (``gbw predict``) -----------------------------------------------------
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """The bit depth in a PNG's IHDR chunk, or None for other formats."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[12:16] == b"IHDR":
+        return data[24]
+    return None
+
+
+def _scale_16_to_8(arr: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255 by dividing by 257 and rounding (65535 -> 255, 257 * k -> k)."""
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def read_photo(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """Read any image a user may hand to ``gbw predict`` as (H, W, 3) uint8 RGB.
+
+    Returns the array and a note saying how it was converted (None for 8-bit RGB):
+    greyscale and palette images are expanded to RGB, an alpha channel is dropped, CMYK is
+    converted, and 16-bit images (PNG, TIFF) are scaled to 8 bits by dividing by 257 with
+    rounding. (Pillow alone would keep only the high byte of a 16-bit RGB PNG.) Raises
+    ``FileNotFoundError`` or ``ValueError`` naming the file.
+    """
+    import io
+
+    path = Path(path)
+    data = _read_bytes(path).tobytes()
+    if _png_bit_depth(data) == 16:
+        import cv2
+
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ValueError(f"{path}: cannot decode image (corrupt or truncated file)")
+        channels = 1 if arr.ndim == 2 else arr.shape[2]
+        if arr.ndim == 3 and channels >= 3:  # OpenCV's BGR(A) -> RGB, alpha dropped
+            arr = arr[:, :, [2, 1, 0]]
+        else:  # grey (+ alpha)
+            arr = np.repeat((arr if arr.ndim == 2 else arr[:, :, 0])[:, :, None], 3, axis=2)
+        kind = {1: "greyscale", 2: "greyscale+alpha", 3: "RGB", 4: "RGBA"}[channels]
+        return _scale_16_to_8(arr), f"16-bit {kind} PNG scaled to 8 bits (/257)"
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img), None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        rgb = np.repeat(_scale_16_to_8(grey)[:, :, None], 3, axis=2)
+        return rgb, f"16-bit greyscale ({mode}) scaled to 8 bits (/257) and expanded to RGB"
+    if mode == "F":
+        raise ValueError(f"{path}: floating-point image (mode F); expected 8- or 16-bit colour")
+    notes = {
+        "L": "greyscale expanded to RGB",
+        "LA": "greyscale expanded to RGB, alpha dropped",
+        "1": "1-bit image expanded to RGB",
+        "P": "palette image converted to RGB",
+        "PA": "palette image converted to RGB, alpha dropped",
+        "RGBA": "alpha channel dropped",
+        "RGBa": "alpha channel dropped",
+        "CMYK": "CMYK converted to RGB",
+    }
+    note = notes.get(mode, f"{mode} image converted to RGB")
+    return np.asarray(img.convert("RGB")), note

@@ -65,6 +65,8 @@ def build_dataset(
         if limit:
             ds.samples = ds.samples[:limit]
         return ds
+    if spec.name == "folder":
+        return _folder_dataset(spec, exp, with_labels=with_labels, transform=transform)
     from gbw.data.registry import dataset_class
 
     cls = dataset_class(spec.name)
@@ -79,6 +81,34 @@ def build_dataset(
         limit=limit,
         **extra,
     )
+
+
+def _folder_dataset(
+    spec: DatasetSpec, exp: ExperimentConfig, *, with_labels: bool, transform: Any
+) -> SegmentationDataset:
+    """Your own data (:mod:`gbw.data.folder`); its class count must be the model's."""
+    from gbw.data.folder import FolderDataset
+
+    if spec.pseudo_margins is not None:
+        raise ValueError("data.*.pseudo_margins: not supported for name=folder datasets")
+    if not spec.labels_map:
+        raise ValueError("data.*.labels_map: a folder dataset needs its label map YAML")
+    ds = FolderDataset(
+        spec.root,
+        spec.split,
+        labels_map=spec.labels_map,
+        image_dir=spec.image_dir,
+        label_dir=spec.label_dir,
+        with_labels=with_labels,
+        transform=transform,
+        limit=spec.subset or None,
+    )
+    if exp.model.num_classes != ds.NUM_CLASSES:
+        raise ValueError(
+            f"model.num_classes={exp.model.num_classes} but {spec.labels_map} names "
+            f"{ds.NUM_CLASSES} classes"
+        )
+    return ds
 
 
 def eval_classes(dataset: Dataset, which: str) -> tuple[int, ...] | None:
@@ -227,6 +257,12 @@ def rare_class_sampler(dataset: SegmentationDataset, exp: ExperimentConfig) -> R
 
         names, counts = load_class_stats(spec.split, spec.root or None, size=exp.data.minicity_size)
         return RareClassSampler.from_dataset(dataset, names, counts, **kwargs)
+    if spec.name == "folder":
+        from gbw.data.folder import load_folder_stats
+
+        classes = dataset.CLASSES
+        names, counts = load_folder_stats(spec.root, spec.split, classes)
+        return RareClassSampler.from_dataset(dataset, names, counts, class_names=classes, **kwargs)
     return RareClassSampler.from_dataset(dataset, **kwargs)
 
 
@@ -308,6 +344,11 @@ def class_stats_for(exp: ExperimentConfig) -> np.ndarray | None:
         from gbw.data.minicity import load_class_stats
 
         return load_class_stats(spec.split, spec.root or None, size=exp.data.minicity_size)[1]
+    if spec.name == "folder":
+        from gbw.data.folder import load_folder_stats
+
+        ds = build_dataset(spec, exp, train=False, with_labels=False)
+        return load_folder_stats(spec.root, spec.split, ds.CLASSES)[1]
     from gbw.data.prepare import load_class_stats as load_real
 
     return load_real(spec.root or f"data/{spec.name}", spec.name)[1]

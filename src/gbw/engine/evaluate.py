@@ -86,8 +86,13 @@ def evaluate(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    on_prediction: Callable[[list[str], Tensor], None] | None = None,
 ) -> SegMetrics:
-    """Confusion-matrix metrics of ``model`` on a labelled dataset (sharded over ranks)."""
+    """Confusion-matrix metrics of ``model`` on a labelled dataset (sharded over ranks).
+
+    ``on_prediction(names, pred)`` sees every batch's predictions (B, H, W) at label size,
+    e.g. to write them for the official Cityscapes evaluator (``gbw eval --official``).
+    """
     n = len(dataset) if not cfg.subset else min(cfg.subset, len(dataset))  # type: ignore[arg-type]
     shard = Subset(dataset, list(range(rank, n, world)))
     loader = DataLoader(
@@ -108,7 +113,10 @@ def evaluate(
             label = batch["label"].to(device, non_blocking=True)
             with ctx():
                 logits = predict_logits(model, image, cfg, num_classes, label.shape[-2:])
-            cm.update(logits.argmax(1), label)
+            pred = logits.argmax(1)
+            cm.update(pred, label)
+            if on_prediction is not None:
+                on_prediction(list(batch["name"]), pred)
     finally:
         model.train(was_training)
     cm.all_reduce()

@@ -26,22 +26,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_trained(
-    path: str | Path, overrides: list[str] | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    overrides: list[str] | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    config: str | Path | None = None,
+    data_domains: tuple[str, ...] = (),
 ) -> tuple[ExperimentConfig, nn.Module, dict[str, Any]]:
     """(config, evaluated network with its trained weights, checkpoint) from a run or file.
 
     ``overrides`` (``key=value``) adjust the stored config, e.g. ``data.val.root=...``.
+    A gbw weight file (``gbw convert``, :mod:`gbw.engine.weights`) carries no experiment:
+    its config is ``config`` (a YAML, e.g. the recipe) or the defaults, with the file's
+    model section and, without ``config``, its reference evaluation protocol.
+    ``data_domains``: the datasets that must have the model's class count (``("val",)`` for
+    evaluation; none for prediction).
     """
     from gbw.models import build_model
 
     ckpt_path = resolve_checkpoint(path)
+    from gbw.engine.weights import is_weight_file
+
+    if is_weight_file(ckpt_path):
+        return _load_weight_file(ckpt_path, overrides, device, config, data_domains)
     state = load_checkpoint(ckpt_path)
     for key in ("config", "method"):
         if key not in state:
             raise CheckpointError(f"{ckpt_path}: checkpoint has no {key!r} entry")
     exp = from_dict(state["config"])
-    if overrides:
-        exp = load_config(None, overrides, base=exp)
+    exp = load_config(None, list(overrides or []), base=exp, data_domains=data_domains)
     prefix = state.get("eval_module", "model") + "."
     weights = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
     if not weights:
@@ -66,3 +79,29 @@ def load_trained(
             f"unexpected {unexpected[:5]})"
         )
     return exp, model.to(device).eval(), state
+
+
+def _load_weight_file(
+    path: Path,
+    overrides: list[str] | None,
+    device: str | torch.device,
+    config: str | Path | None,
+    data_domains: tuple[str, ...],
+) -> tuple[ExperimentConfig, nn.Module, dict[str, Any]]:
+    from gbw.engine.weights import load_weights_into, read_weight_file
+    from gbw.models import build_model
+
+    wf = read_weight_file(path)
+    exp = load_config(config, data_domains=()) if config is not None else ExperimentConfig()
+    exp.model.name = str(wf.model["name"])
+    exp.model.num_classes = int(wf.model["num_classes"])
+    exp.model.kwargs = dict(wf.model.get("kwargs") or {})
+    exp.model.pretrained = ""
+    if config is None:
+        for key, value in wf.eval.items():
+            setattr(exp.eval, key, value)
+    # re-validates the whole config
+    exp = load_config(None, list(overrides or []), base=exp, data_domains=data_domains)
+    model = build_model(exp.model.name, exp.model.num_classes, **dict(exp.model.kwargs))
+    load_weights_into(model, wf, path)
+    return exp, model.to(device).eval(), {"step": 0, "source": wf.source}

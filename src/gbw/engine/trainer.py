@@ -105,7 +105,14 @@ def build_method(exp: ExperimentConfig) -> UDAMethod:
                 "YAML says where to download it; model.pretrained='' trains from random init)"
             )
         model_kwargs["weights"] = exp.model.pretrained
+    from gbw.engine.weights import is_weight_file, load_pretrained_weight_file
+
+    whole = exp.model.pretrained and is_weight_file(exp.model.pretrained)
+    if whole:  # a gbw weight file (gbw convert): the whole network, not only the backbone
+        del model_kwargs["weights"]
     model = build_model(exp.model.name, exp.model.num_classes, **model_kwargs)
+    if whole:
+        load_pretrained_weight_file(model, exp, exp.model.pretrained)
     cls = method_class(exp.method)
     mcfg = method_config(cls.Config, exp.uda, exp.method)
     return cls(model, mcfg, exp, weighting_factory(exp))
@@ -343,7 +350,7 @@ def train(
             )
         )
 
-    names = CITYSCAPES_CLASSES[: exp.model.num_classes]
+    names = tuple(getattr(val, "CLASSES", CITYSCAPES_CLASSES))[: exp.model.num_classes]
     logger = RunLogger(run_dir, names, enabled=is_main, resume_step=start if state else None)
     tracker = WeightTracker.from_state(state.get("tracker") if state else None, fabric.device)
     t0 = time.perf_counter()
