@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gbw.config import ExperimentConfig, OptimConfig
-from gbw.weighting import ClassWeighting, Focal
+from gbw.weighting import ClassWeighting, Focal, check_reduction
 
 Batch = dict[str, Any]  # "image" (B,3,H,W) in [0,1], "label" (B,H,W) when labelled
 
@@ -99,11 +99,42 @@ class ReusedWeighting(ClassWeighting):
         return f"ReusedWeighting(of={self.owner_term!r})"
 
 
-def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of logits to a label's size (align_corners=False, as mmseg)."""
+#: Reductions a recipe's cross-entropy terms may use (``gbw.weighting.losses``): the mean over
+#: labelled pixels (DACS ``CrossEntropy2d``, ADVENT ``cross_entropy_2d``, AdaptSegNet
+#: ``CrossEntropy2d``), over all pixels (mmseg's ``CrossEntropyLoss`` in DAFormer, HRDA, MIC
+#: and the authors' GBW code; DACS's pixel-weighted mixed loss), or PyTorch's weighted mean.
+CE_REDUCTIONS = ("labelled_mean", "all_pixel_mean", "mean")
+
+
+def check_ce_reduction(value: str, key: str) -> str:
+    """The canonical name of a recipe's cross-entropy reduction (``valid_mean`` is accepted as
+    the older name of ``labelled_mean``), or a ValueError naming ``key``."""
+    try:
+        name = check_reduction(value, key)
+    except ValueError:
+        name = ""
+    if name not in CE_REDUCTIONS:
+        raise ValueError(f"{key} must be one of {CE_REDUCTIONS}, got {value!r}")
+    return name
+
+
+def check_choice(value: object, allowed: tuple, key: str) -> None:
+    """A ValueError naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+
+
+def resize_to(logits: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of logits to a label's size.
+
+    ``align_corners=False`` is mmseg's (DAFormer, HRDA, MIC); the DeepLabV2-era references
+    upsample with ``nn.Upsample(..., mode='bilinear', align_corners=True)`` (ADVENT
+    ``train_UDA.py``, AdaptSegNet ``train_gta2cityscapes_multi.py``, DACS ``trainUDA.py``),
+    which their recipes' ``uda.align_corners: true`` reproduces.
+    """
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class UDAMethod(nn.Module):
@@ -140,6 +171,10 @@ class UDAMethod(nn.Module):
             else:
                 self.weightings[term] = self._make_weighting(term)
         return self.weightings[term]
+
+    def resize_logits(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """:func:`resize_to` with the recipe's ``uda.align_corners`` (False without one)."""
+        return resize_to(logits, size, bool(getattr(self.cfg, "align_corners", False)))
 
     @property
     def net(self) -> nn.Module:

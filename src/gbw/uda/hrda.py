@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gbw.models.hrda import HRDAModel, crop_at
-from gbw.uda.base import resize_to
 from gbw.uda.daformer import DAFormer, DAFormerConfig
 
 
@@ -78,26 +77,38 @@ class HRDA(DAFormer):
         label: Tensor,
         weight: Tensor | None = None,
         *,
+        reduction: str,
         features: bool = False,
+        fused_scale: float = 1.0,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
         net = self.net
         if not isinstance(net, HRDAModel):  # MIC on a single-resolution DAFormer
-            return super().segmentation_loss(term, image, label, weight, features=features)
+            return super().segmentation_loss(
+                term,
+                image,
+                label,
+                weight,
+                reduction=reduction,
+                features=features,
+                fused_scale=fused_scale,
+            )
         offset = net.random_detail_offset(
             image.shape, self.generator(image.device), device=image.device
         )
         out = self.model(image, return_features=features, detail_offset=offset)
         # a) cross-entropy of the fused prediction over the whole context crop
-        fused = resize_to(out["main"], label.shape[-2:])
-        loss_fused = self.weighting(term).cross_entropy(fused, label, weight)
+        fused = self.resize_logits(out["main"], label.shape[-2:])
+        loss_fused = self.weighting(term).cross_entropy(fused, label, weight, reduction)
         # b) cross-entropy of the detail crop's own prediction against the cropped labels
         hr_term = f"{term}_hr"
         label_d = crop_at(label, offset, net.detail_crop)
         weight_d = crop_at(weight, offset, net.detail_crop) if weight is not None else None
-        detail = resize_to(out["detail"], label_d.shape[-2:])
+        detail = self.resize_logits(out["detail"], label_d.shape[-2:])
         strategy = self.weighting(hr_term, reuse=term if self.cfg.share_weights else None)
-        loss_detail = strategy.cross_entropy(detail, label_d, weight_d)
+        loss_detail = strategy.cross_entropy(detail, label_d, weight_d, reduction)
         lam = self.cfg.hr_loss_weight
-        loss = (1 - lam) * loss_fused + lam * loss_detail
+        # HRDAHead.losses: loss_seg *= 1 - hr_loss_weight, hr.loss_seg *= hr_loss_weight;
+        # MIC then scales decode.loss_seg (the fused part) by mask_lambda (fused_scale)
+        loss = fused_scale * (1 - lam) * loss_fused + lam * loss_detail
         logs = {f"{term}.ce": loss_fused.detach(), f"{hr_term}.ce": loss_detail.detach()}
         return loss, logs, out
