@@ -457,6 +457,32 @@ def test_dacs_jitters_the_mixed_images_in_bgr_order():
     assert not torch.allclose(other, image)
 
 
+@pytest.mark.parametrize("config", ["advent/gta2cs.yaml", "daformer/gta2cs.yaml"])
+def test_evaluation_upsamples_logits_as_the_reference(config):
+    """ADVENT eval_UDA.py, AdaptSegNet evaluate_cityscapes.py, DACS evaluateUDA.py:
+    ``nn.Upsample(..., align_corners=True)`` of the logits to the label size; mmseg
+    (DAFormer): ``align_corners=False``."""
+    from gbw.engine.evaluate import predict_logits
+
+    cfg = load_config(ROOT / "configs" / config).eval
+    assert cfg.align_corners is config.startswith("advent")
+    logits = torch.randn(1, 19, 8, 16)
+    seen: list[tuple[int, ...]] = []
+
+    def model(x: torch.Tensor) -> dict:
+        seen.append(tuple(x.shape[-2:]))
+        return {"main": logits}
+
+    out = predict_logits(model, torch.rand(1, 3, 64, 128), cfg, 19, out_size=(64, 128))
+    assert seen == [(512, 1024)]  # the network sees Cityscapes at 1024x512
+    up = F.interpolate(logits, size=(64, 128), mode="bilinear", align_corners=cfg.align_corners)
+    torch.testing.assert_close(out, up)
+    other = F.interpolate(
+        logits, size=(64, 128), mode="bilinear", align_corners=not cfg.align_corners
+    )
+    assert not torch.allclose(out, other)
+
+
 def test_recipe_option_values_are_checked():
     for bad in (
         "uda.teacher_bn=train",
