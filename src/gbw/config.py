@@ -31,6 +31,9 @@ class DatasetSpec:
     root: str = ""  # "" = data/<name> for real datasets, the MiniCity cache otherwise
     split: str = "train"  # train | val; MiniCity: source_train | target_train | target_val
     resize: list[int] | None = None  # (W, H) before cropping, e.g. [1280, 720] for GTA5
+    # true: keep the aspect ratio within resize (mmcv; GTA5 1914x1052 -> 1280x704); false:
+    # stretch to exactly resize (ADVENT, AdaptSegNet, DACS: GTA5 -> 1280x720)
+    keep_ratio: bool = True
     crop: list[int] | None = None  # (H, W) random crop, e.g. [512, 512]; None = no crop
     cat_max_ratio: float = 0.75  # re-draw a crop (<= 10 times) while one class covers more
     flip: bool = True  # random horizontal flip (p = 0.5)
@@ -115,7 +118,9 @@ class TrainConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp
-    precision: str = "auto"  # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed
+    # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed. The reference code bases
+    # all train in fp32: train.precision=32-true matches them (bf16 is gbw's speed default)
+    precision: str = "auto"
     # deterministic algorithms: null = on for the CPU (bit-reproducible), off for CUDA (fast)
     deterministic: bool | None = None
     # capture the whole iteration as one CUDA graph: null = on for one CUDA device, else off
@@ -134,6 +139,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     mode: str = "whole"  # whole | slide
+    # bilinear upsampling of the logits to the labels: false = mmseg's; true = ADVENT
+    # eval_UDA.py, AdaptSegNet evaluate_cityscapes.py, DACS evaluateUDA.py
+    align_corners: bool = False
     resize: list[int] | None = None  # (W, H) network input, e.g. [1024, 512]; None = as is
     crop: list[int] = field(default_factory=lambda: [1024, 1024])  # slide window (H, W)
     stride: list[int] = field(default_factory=lambda: [512, 512])

@@ -29,6 +29,21 @@ WEIGHTINGS = ("none", "gbw")
 # the whole demo fits 5 minutes on 2 CPU cores; never tuned on GBW's result.
 ITERS = {"source_only": 600, "self_training": 400}
 QUICK_ITERS = {"source_only": 12, "self_training": 8}
+# The demo is gbw's own benchmark, not a reference recipe: it keeps the options its recorded
+# numbers (README "Demo results") were made with, which are the named alternatives to the
+# DeepLabV2 recipes' reference defaults (docs/recipe_options.md): mmseg's all-pixel mean and
+# align_corners=False, an eval-mode teacher with EMA statistics, DAFormer's EMA start, ClassMix
+# over real classes only, jitter on RGB (at DAFormer's strength 0.2).
+DEMO_SOURCE_ONLY_OPTIONS = ["uda.ce_reduction=all_pixel_mean", "uda.align_corners=false"]
+DEMO_DACS_OPTIONS = [
+    "uda.src_ce_reduction=all_pixel_mean",
+    "uda.align_corners=false",
+    "uda.teacher_bn=ema",
+    "uda.ema_first_update=half",
+    "uda.mix_count_ignore=false",
+    "uda.color_jitter_channels=rgb",
+    "uda.color_jitter_strength=0.2",
+]
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +119,9 @@ def demo_config(
     if SETTINGS[setting] == "dacs":
         # DACS recipe values; the jitter ops in a fixed order to save CPU time
         overrides += ["uda.ema_alpha=0.99", "uda.color_jitter_random_order=false"]
+        overrides += DEMO_DACS_OPTIONS
+    else:
+        overrides += DEMO_SOURCE_ONLY_OPTIONS
     return load_config(None, overrides)
 
 

@@ -23,6 +23,12 @@ DEEPLAB_COMMON = {
     "optim.warmup_iters": 0,
     "eval.mode": "whole",
     "eval.resize": [1024, 512],  # input 1024x512, logits upsampled to the 2048x1024 labels
+    # nn.Upsample(..., align_corners=True): ADVENT eval_UDA.py, AdaptSegNet
+    # evaluate_cityscapes.py, DACS evaluateUDA.py
+    "eval.align_corners": True,
+    # every image stretched to the recipe size (PIL image.resize in all three references)
+    "data.source.keep_ratio": False,
+    "data.target.keep_ratio": False,
     "data.val.name": "cityscapes",
     "data.val.split": "val",
     "data.target.name": "cityscapes",
@@ -45,6 +51,11 @@ ADVERSARIAL = {
     "disc_betas": [0.9, 0.99],
     "disc_ndf": 64,
     "gan": "vanilla",
+    # ADVENT utils/loss.py cross_entropy_2d and AdaptSegNet utils/loss.py CrossEntropy2d
+    # average over labelled pixels; both upsample with align_corners=True (train_UDA.py,
+    # pytorch_0.4/train_gta2cityscapes_multi.py)
+    "ce_reduction": "labelled_mean",
+    "align_corners": True,
 }
 
 RECIPES: dict[str, dict] = {
@@ -83,6 +94,8 @@ RECIPES: dict[str, dict] = {
             "lambda_seg_aux": 0.1,
             "lambda_ent_main": 0.001,
             "lambda_ent_aux": 0.0002,
+            "ce_reduction": "labelled_mean",
+            "align_corners": True,
         },
     },
     "dacs": {
@@ -103,6 +116,18 @@ RECIPES: dict[str, dict] = {
             "color_jitter_strength": 0.25,  # DACS utils/transformsgpu.py colorJitter s=0.25
             "color_jitter_p_skip": 0.2,  # applied when U(0, 1) > 0.2
             "mix_loss_weight": 1.0,
+            # vikolss/DACS trainUDA.py: update_ema_variables(iteration=i_iter) after step i
+            # (alpha_0 = 0), ema_model.train() (BN on batch statistics), torch.unique(labels[i])
+            # with the ignore filter commented out, colorJitter on the BGR input,
+            # CrossEntropy2d (labelled mean) for the source and torch.mean of the pixel-weighted
+            # CE for the mixed batch, interp with align_corners=True
+            "ema_first_update": "copy",
+            "teacher_bn": "batch",
+            "mix_count_ignore": True,
+            "color_jitter_channels": "bgr",
+            "src_ce_reduction": "labelled_mean",
+            "mix_ce_reduction": "all_pixel_mean",
+            "align_corners": True,
         },
     },
     # Source-only: DACS's code base with the target part off (same init, data and schedule).
@@ -113,9 +138,11 @@ RECIPES: dict[str, dict] = {
         "crop": [512, 512],
         "model.kwargs": {"aspp": "adaptsegnet", "aux": False},
         "eval.classes": {"gta": "19", "synthia": "16"},
-        "uda": {},
+        "uda": {"ce_reduction": "labelled_mean", "align_corners": True},  # as DACS
     },
 }
 
 # Paper Table 4b baselines, provided on DACS (GTA5 -> Cityscapes).
 TABLE_4B = ("if", "pf", "lbw", "focal")
+# Paper Table 1 recipes: each has a _gbw (paper's equations) and a _gbw_authors (authors' code)
+TABLE_1 = ("adaptsegnet", "advent", "dacs")

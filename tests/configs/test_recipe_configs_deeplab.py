@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from recipes import DEEPLAB_COMMON, RECIPES, SOURCE_SIZE, TABLE_4B, TARGET_SIZE
+from recipes import DEEPLAB_COMMON, RECIPES, SOURCE_SIZE, TABLE_1, TABLE_4B, TARGET_SIZE
 
 from gbw.config import ExperimentConfig, load_config, method_config, to_dict
 from gbw.engine.stepper import lr_factor
@@ -52,6 +53,7 @@ def test_every_recipe_has_its_files():
         for tag in SOURCES
         for suffix in ("", "_gbw")
     } | {CONFIGS / "dacs" / f"gta2cs_{b}.yaml" for b in TABLE_4B}
+    expected |= {CONFIGS / m / f"{tag}_gbw_authors.yaml" for m in TABLE_1 for tag in SOURCES}
     assert expected <= set(YAMLS), sorted(map(str, expected - set(YAMLS)))
     assert len(YAMLS) == len(expected), sorted(map(str, set(YAMLS) - expected))
 
@@ -94,7 +96,7 @@ def test_config_matches_recipe_table(path: Path):
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in YAMLS if p.stem.endswith(("_gbw", *(f"_{b}" for b in TABLE_4B)))],
+    [p for p in YAMLS if p.stem.endswith(("_gbw", "_gbw_authors", *(f"_{b}" for b in TABLE_4B)))],
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_weighted_variants_differ_from_their_base_only_in_weighting(path: Path):
@@ -110,6 +112,31 @@ def test_weighted_variants_differ_from_their_base_only_in_weighting(path: Path):
         assert weighted["weighting.lam"] == 1.0  # paper's best lambda (Table 5)
     if kind == "gbw":  # the paper's method, not the authors'-code preset
         assert weighted["weighting.variant"] == "class" and weighted["weighting.scale"] == "none"
+    if kind == "gbw_authors":  # the authors' code, its preset written out
+        assert weighted["weighting.lam"] == 1.0
+        assert (weighted["weighting.variant"], weighted["weighting.count_offset"]) == ("channel", 1)
+        assert weighted["weighting.use_pixel_weight"] is False
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_gta_is_stretched_to_1280x720_as_the_references(path: Path):
+    """ADVENT/AdaptSegNet/DACS resize GTA5 frames with PIL ``image.resize((1280, 720))``: a
+    1914x1052 frame becomes 1280x720 (mmcv's keep-ratio rule would give 1280x704); SYNTHIA's
+    1280x760 and Cityscapes' 2048x1024 -> 1024x512 come out as the references' too."""
+    from gbw.engine.data import train_transform
+
+    exp = load_config(path)
+    native = {"gta": (1052, 1914), "synthia": (760, 1280)}[exp.data.source.name]
+    expected = tuple(reversed(SOURCE_SIZE[exp.data.source.name]))
+    for spec, (h, w), size in [
+        (exp.data.source, native, expected),
+        (exp.data.target, (1024, 2048), (512, 1024)),
+    ]:
+        transform = dataclasses.replace(train_transform(spec), crop_size=None, flip_prob=0.0)
+        image = np.zeros((h, w, 3), dtype=np.uint8)
+        label = np.zeros((h, w), dtype=np.uint8)
+        out_image, out_label = transform(image, label)
+        assert out_image.shape[:2] == out_label.shape == size
 
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path, monkeypatch):

@@ -69,6 +69,22 @@ DAFORMER: dict[str, Any] = {
     "uda.fd_lambda": 0.005,
     "uda.fd_classes": [6, 7, 11, 12, 13, 14, 15, 16, 17, 18],
     "uda.fd_scale_min_ratio": 0.75,
+    # lhoyer/DAFormer mmseg/models/uda/dacs.py: _init_ema_weights at iteration 0 and
+    # _update_ema(local_iter) later (alpha 1/2 after step 0); the EMA model in train mode with
+    # _DropoutNd/DropPath off (BN on batch statistics); get_class_masks' torch.unique counts the
+    # ignore label; RGB images (img_norm_cfg to_rgb=True); mmseg/models/losses/
+    # cross_entropy_loss.py: the mean over all pixels; decode heads resize with
+    # align_corners=False; mmcv's keep-ratio Resize
+    "uda.ema_first_update": "half",
+    "uda.teacher_bn": "batch",
+    "uda.mix_count_ignore": True,
+    "uda.color_jitter_channels": "rgb",
+    "uda.src_ce_reduction": "all_pixel_mean",
+    "uda.mix_ce_reduction": "all_pixel_mean",
+    "uda.align_corners": False,
+    "eval.align_corners": False,
+    "data.source.keep_ratio": True,
+    "data.target.keep_ratio": True,
 }
 # RECIPES.md: "HRDA: source resized to 2560x1440 (GTA) or 2560x1520 (SYNTHIA), CS 2048x1024;
 # context crop 1024x1024 downscaled x0.5, detail crop 512x512 at full resolution; learned
@@ -106,7 +122,11 @@ MIC: dict[str, Any] = {
     "uda.mask_block_size": 64,
     "uda.mask_ratio": 0.7,
     "uda.mask_lambda": 1.0,
+    # masking_consistency_module.py: masked_loss['decode.loss_seg'] *= mask_lambda (the fused
+    # part only); one strong_transform call on the masked batch (one jitter order, one sigma)
+    "uda.mask_lambda_scope": "fused",
     "uda.mask_color_aug": True,
+    "uda.mask_aug_per_image": False,
 }
 MIC_DAFORMER: dict[str, Any] = {
     **DAFORMER,
@@ -114,7 +134,9 @@ MIC_DAFORMER: dict[str, Any] = {
     "uda.mask_block_size": 32,
     "uda.mask_ratio": 0.7,
     "uda.mask_lambda": 1.0,
+    "uda.mask_lambda_scope": "fused",
     "uda.mask_color_aug": True,
+    "uda.mask_aug_per_image": False,
 }
 # "GTA 1280x720 ... SYNTHIA 1280x760" (DAFormer), x2 for HRDA; SYNTHIA scored on 16 classes.
 SOURCES = {
@@ -132,7 +154,8 @@ LAMBDAS = (0.01, 0.1, 0.5, 1.0, 2.0, 10.0)
 TABLE_4B = ("if", "pf", "lbw", "focal")
 
 EXPECTED_FILES = {
-    *(f"{m}/{s}{g}.yaml" for m in FAMILY for s in SOURCES for g in ("", "_gbw")),
+    # Table 1: _gbw follows the paper's equations, _gbw_authors the authors' public code
+    *(f"{m}/{s}{g}.yaml" for m in FAMILY for s in SOURCES for g in ("", "_gbw", "_gbw_authors")),
     "daformer/gta2cs_norcs.yaml",  # Table 4a: none / GBW / sampling / both
     "daformer/gta2cs_norcs_gbw.yaml",
     *(f"hrda/gta2cs_{b}.yaml" for b in TABLE_4B),
@@ -163,6 +186,13 @@ def expected_for(path: Path) -> dict[str, Any]:
     out["data.source.resize"] = SOURCE_RESIZE[(arch, source)]
     out["weighting.name"] = "gbw" if "_gbw" in stem else "none"
     out["weighting.lam"] = 1.0
+    if stem.endswith("_gbw_authors"):
+        out |= {
+            "weighting.name": "gbw_authors",
+            "weighting.variant": "channel",
+            "weighting.count_offset": 1.0,
+            "weighting.use_pixel_weight": False,
+        }
     if "norcs" in stem:
         out["data.source.rcs"] = False
     for b in TABLE_4B:
@@ -206,3 +236,21 @@ def test_gbw_settings_are_the_papers():
     cfg = load_config(CONFIGS / "hrda" / "gta2cs_gbw.yaml")
     w = cfg.weighting
     assert (w.name, w.lam, w.variant, w.scale, w.terms) == ("gbw", 1.0, "class", "none", [])
+
+
+@pytest.mark.parametrize("family", ["advent", "adaptsegnet", "dacs", *FAMILY])
+def test_gbw_authors_configs_build_the_authors_gbw(family):
+    """Every Table 1 recipe's ``_gbw_authors`` file builds ``GBW.authors`` for every term."""
+    from gbw.engine.trainer import weighting_factory
+    from gbw.weighting import GBW
+
+    for source in SOURCES:
+        cfg = load_config(CONFIGS / family / f"{source}_gbw_authors.yaml")
+        strategy = weighting_factory(cfg)("src")
+        assert isinstance(strategy, GBW)
+        assert (strategy.variant, strategy.count_offset, strategy.use_pixel_weight) == (
+            "channel",
+            1,
+            False,
+        )
+        assert (strategy.lam, strategy.scale) == (1.0, "none")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gbw.config import ExperimentConfig, load_config
+from tiny_networks import tinyseg
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +30,7 @@ def make_tiny_config(root: str, out_dir: str, *extra: str) -> ExperimentConfig:
         [
             f"out_dir={out_dir}",
             "name=tiny",
-            "model.name=tinyseg",
-            "model.kwargs={widths: [8, 8, 16, 16], aspp_channels: 8, decoder_channels: 8}",
+            *tinyseg(),
             "data.minicity_size=quick",
             "data.batch_size=2",
             "data.num_workers=0",

@@ -528,3 +528,27 @@ def test_report_on_two_runs_with_the_same_name_keeps_both(
     # the same folder twice is still two columns
     report_runs([str(tmp_path / "a/tiny")] * 2, str(tmp_path / "rep2"))
     assert "tiny#2 IoU" in (tmp_path / "rep2" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("method", "override", "message"),
+    [
+        ("dacs", "uda.ema_alpha=2", "uda.ema_alpha must be a number in [0, 1], got 2.0"),
+        ("dacs", "uda.pseudo_threshold=-0.5", "uda.pseudo_threshold must be a number in [0, 1]"),
+        ("dacs", "uda.pseudo_margins=[1,2]", "uda.pseudo_margins must be 4 non-negative"),
+        ("dacs", "uda.teacher_bn=running", "uda.teacher_bn must be one of"),
+        ("daformer", "uda.fd_lambda=-1", "uda.fd_lambda must be a number >= 0"),
+        ("hrda", "uda.hr_loss_weight=1.5", "uda.hr_loss_weight must be a number in [0, 1]"),
+        ("mic", "uda.mask_ratio=1", "uda.mask_ratio must be a number in [0, 1)"),
+        ("mic", "uda.base=segformer", "uda.base must be one of"),
+        ("adaptsegnet", "uda.gan=wgan", "uda.gan must be one of"),
+        ("advent", "uda.disc_betas=[0.9]", "uda.disc_betas must be 2 numbers"),
+        ("minent", "uda.lambda_ent_aux=-1", "uda.lambda_ent_aux must be a number >= 0"),
+        ("source_only", "uda.ce_reduction=avg", "uda.ce_reduction must be one of"),
+        ("dacs", "uda.no_such_key=1", "unknown key 'uda.no_such_key'"),
+    ],
+)
+def test_method_settings_are_checked_when_loaded(method: str, override: str, message: str):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"method={method}", override])
+    assert message in str(info.value)

@@ -25,37 +25,18 @@ from gbw.engine.stepper import (
     set_learning_rates,
 )
 from gbw.engine.trainer import _make_fabric, setup_method
+from tiny_networks import UNTRAINED_TEACHER, tiny_method
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
-TINY_DEEPLAB = (
-    "model.kwargs={widths: [8, 8, 16, 16], aspp_channels: 8, decoder_channels: 8, aux: %s}"
-)
-TINY_MIT = ["model.kwargs.encoder=tiny", "model.kwargs.embed_dim=16", "model.kwargs.channels=16"]
-HRDA_TINY = ["model.kwargs.detail_crop=[32,32]", "model.kwargs.attention_embed_dim=16"]
-#: (model, extra overrides) per method, tiny networks
-MODELS = {
-    "source_only": ("tinyseg", [TINY_DEEPLAB % "false"]),
-    "dacs": ("tinyseg", [TINY_DEEPLAB % "false"]),
-    "advent": ("tinyseg", [TINY_DEEPLAB % "true", "uda.disc_ndf=8"]),
-    "minent": ("tinyseg", [TINY_DEEPLAB % "true"]),
-    "adaptsegnet": ("tinyseg", [TINY_DEEPLAB % "true", "uda.disc_ndf=8"]),
-    "daformer": ("daformer_mit", TINY_MIT),
-    "hrda": ("hrda_daformer_mit", [*TINY_MIT, *HRDA_TINY]),
-    "mic": ("hrda_daformer_mit", [*TINY_MIT, *HRDA_TINY, "uda.mask_block_size=16"]),
-}
+METHODS = ("source_only", "dacs", "advent", "minent", "adaptsegnet", "daformer", "hrda", "mic")
 
 
 def config(method: str, *extra: str, accelerator: str = "cpu") -> ExperimentConfig:
-    model, more = MODELS[method]
-    pseudo = ["uda.pseudo_threshold=0.0"] if method in ("dacs", "daformer", "hrda", "mic") else []
     return load_config(
         None,
         [
-            f"method={method}",
-            f"model.name={model}",
-            *more,
-            *pseudo,
+            *tiny_method(method),
             "weighting.name=gbw",
             "optim.lr=0.01",
             "optim.head_lr_mult=1.0",
@@ -364,7 +345,7 @@ def test_graph_replay_trains_exactly_like_the_eager_loop():
 
 
 @needs_cuda
-@pytest.mark.parametrize("method", sorted(MODELS))
+@pytest.mark.parametrize("method", METHODS)
 def test_graph_mode_runs_every_method_in_bf16(method):
     data = batches(7, 64, "cuda", seed=2)
     exp = config(method, "train.cuda_graph=true", "train.cuda_graph_warmup=2", accelerator="cuda")
@@ -394,7 +375,7 @@ def test_gbw_train_in_graph_mode_logs_checkpoints_and_resumes(minicity_root, tmp
         "train.cuda_graph_warmup=2",
         "train.ckpt_every=4",
         "data.num_workers=2",
-        "uda.pseudo_threshold=0.0",
+        *UNTRAINED_TEACHER,
     )
     first = train(tiny_config(minicity_root, str(tmp_path), *args, "train.max_iters=6"))
     rows = (first.run_dir / "scalars.csv").read_text().splitlines()

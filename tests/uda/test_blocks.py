@@ -72,9 +72,9 @@ def test_ema_alpha_schedule():
     torch.testing.assert_close(teacher.alpha_at(steps), torch.tensor([0.0, 0.5, 1 - 1 / 11, 0.99]))
 
 
-def test_ema_update_formula_and_buffers():
+def test_ema_update_formula_and_buffers_with_ema_statistics():
     student = Tiny().double()
-    teacher = EMATeacher(student, alpha=0.99)
+    teacher = EMATeacher(student, alpha=0.99, bn="ema")
     assert all(not p.requires_grad for p in teacher.parameters())
     assert all(p.requires_grad for p in student.parameters())
     for step in (0, 1, 10, 5000):
@@ -92,43 +92,96 @@ def test_ema_update_formula_and_buffers():
         # ... integer and non-persistent buffers are copied
         assert teacher.model.bn.num_batches_tracked == student.bn.num_batches_tracked
         assert torch.equal(teacher.model.const, student.const)
-    # step 0 is an exact copy (DAFormer's _init_ema_weights)
+    # step 0 is an exact copy (DACS's first update, DAFormer's _init_ema_weights)
     _perturb(student, seed=99)
     teacher.update(student, 0)
     for t, s in zip(teacher.model.state_dict().values(), student.state_dict().values()):
         assert torch.equal(t, s)
 
 
-def test_ema_tensor_step_matches_int_step():
-    student = Tiny()
-    t_int, t_tensor = EMATeacher(student), EMATeacher(student)
-    for step in range(4):
-        _perturb(student, seed=step)
-        t_int.update(student, step)
-        t_tensor.update(student, torch.tensor(step))
-    for a, b in zip(t_int.state_dict().values(), t_tensor.state_dict().values()):
-        torch.testing.assert_close(a, b)
+def test_ema_update_with_batch_statistics_averages_parameters_only():
+    """The references' update (DACS update_ema_variables, DAFormer _update_ema): parameters
+    only; the teacher's buffers are its own."""
+    student = Tiny().double()
+    teacher = EMATeacher(student, alpha=0.99)
+    assert teacher.bn == "batch"
+    for step in (0, 3):
+        _perturb(student, seed=step + 1)
+        old_p = [p.clone() for p in teacher.model.parameters()]
+        old_bufs = [b.clone() for b in teacher.model.buffers()]
+        student_bufs = [b.clone() for b in student.buffers()]
+        teacher.update(student, step)
+        a = min(1 - 1 / (step + 1), 0.99)
+        for t, s, o in zip(teacher.model.parameters(), student.parameters(), old_p):
+            torch.testing.assert_close(t, a * o + (1 - a) * s, rtol=1e-14, atol=1e-14)
+        for t, o in zip(teacher.model.buffers(), old_bufs):
+            assert torch.equal(t, o)
+        assert all(torch.equal(b, o) for b, o in zip(student.buffers(), student_bufs))
 
 
-def test_ema_forward_eval_no_grad_and_state_dict():
-    student = Tiny()
+def test_teacher_normalises_with_the_batch_statistics_by_default():
+    """Hand-made BatchNorm of the batch the teacher predicts, dropout off, nothing of the
+    student touched; ``bn="ema"`` uses the running statistics instead."""
+    torch.manual_seed(0)
+    student = Tiny().double()
+    _perturb(student, seed=5)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
     teacher = EMATeacher(student)
-    teacher.train()
-    assert teacher.training and not teacher.model.training
-    x = torch.randn(5, 4, requires_grad=True)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    h = student.fc(x).detach()
+    mean, var = h.mean(0), h.var(0, unbiased=False)
+    bn = student.bn
+    by_hand = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight.detach() + bn.bias.detach()
     y1, y2 = teacher(x), teacher(x)
-    assert torch.equal(y1, y2)  # dropout off, BatchNorm on running stats
-    assert not y1.requires_grad
-    teacher.model.train()  # even if someone flips the inner model
+    torch.testing.assert_close(y1, by_hand + student.const)
+    assert torch.equal(y1, y2) and not y1.requires_grad  # dropout off, no autograd
+    # the teacher's own running statistics moved (as in the references); the student's not
+    assert teacher.model.bn.num_batches_tracked == before["bn.num_batches_tracked"] + 2
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    assert student.training and teacher.model.bn.training and not teacher.model.drop.training
+    teacher.model.train()  # someone flips the inner model: dropout stays off
     assert torch.equal(teacher(x), y1)
-    # state_dict round trip into a teacher of another student
-    _perturb(student, seed=3)
-    teacher.update(student, 5)
-    other = EMATeacher(Tiny())
-    other.load_state_dict(teacher.state_dict())
-    for a, b in zip(other.state_dict().values(), teacher.state_dict().values()):
-        assert torch.equal(a, b)
-    assert set(teacher.state_dict()) == {f"model.{k}" for k in student.state_dict()}
+    # gbw's alternative: running statistics (eval mode)
+    ema = EMATeacher(student, bn="ema")
+    running = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+    expected = running * bn.weight.detach() + bn.bias.detach() + student.const
+    torch.testing.assert_close(ema(x), expected)
+    assert not ema.model.bn.training
+    with pytest.raises(ValueError, match="bn must be one of"):
+        EMATeacher(student, bn="train")
+
+
+def test_teacher_modes_agree_without_batch_statistics():
+    """Frozen BN (DeepLabV2 ``bn: frozen``) and LayerNorm (MiT) do not depend on the mode."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(1)
+    student = nn.Sequential(
+        nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(1), nn.LayerNorm(144)
+    )
+    student[1].running_mean.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    batch, ema = EMATeacher(student, bn="batch"), EMATeacher(student, bn="ema")
+    torch.testing.assert_close(batch(x), ema(x))
+    torch.testing.assert_close(batch(x), student.eval()(x).detach())
+
+
+def test_ema_forward_state_dict_round_trip():
+    student = Tiny()
+    for bn in ("batch", "ema"):
+        teacher = EMATeacher(student, bn=bn)
+        teacher.train()
+        assert teacher.training and not teacher.model.training
+        x = torch.randn(5, 4, requires_grad=True)
+        assert torch.equal(teacher(x), teacher(x))  # dropout off
+        # state_dict round trip into a teacher of another student
+        _perturb(student, seed=3)
+        teacher.update(student, 5)
+        other = EMATeacher(Tiny(), bn=bn)
+        other.load_state_dict(teacher.state_dict())
+        for a, b in zip(other.state_dict().values(), teacher.state_dict().values()):
+            assert torch.equal(a, b)
+        assert set(teacher.state_dict()) == {f"model.{k}" for k in student.state_dict()}
 
 
 def test_ema_rejects_other_architecture():
@@ -171,6 +224,25 @@ def test_class_mix_half_of_present_classes_per_image():
     # uniform choice: each class of image 0 in 3/5 of the draws, of image 1 in 1/2
     assert torch.allclose(counts[:5] / 200, torch.full((5,), 0.6), atol=0.1)
     assert torch.allclose(counts[5:] / 200, torch.full((2,), 0.5), atol=0.1)
+
+
+def test_class_mix_per_image_counting_the_ignore_label_as_dacs_code():
+    """vikolss/DACS trainUDA.py: ``classes = torch.unique(labels[image_i])`` with the ignore
+    filter commented out, then ``ceil(n / 2)`` of them: image 0 has {0..4, 255} (n = 6, 3
+    chosen, the ignore label among the candidates), image 1 {5, 6} (n = 2, 1 chosen)."""
+    lab = _labels()
+    ignore_chosen = 0
+    for seed in range(200):
+        m = class_mix_masks(lab, gen(seed), count_ignore=True)
+        c0, c1 = _chosen(m[0], lab[0]), _chosen(m[1], lab[1])
+        assert len(c0) == 3 and c0 <= {0, 1, 2, 3, 4, 255}
+        assert len(c1) == 1 and c1 <= {5, 6}
+        ignore_chosen += 255 in c0
+        # replay: the 3 lowest scores among image 0's 6 candidates (slot 19 = ignore)
+        scores = torch.rand(2, 20, generator=gen(seed))
+        ranked = sorted([0, 1, 2, 3, 4, 19], key=lambda c: scores[0, c].item())[:3]
+        assert c0 == {255 if c == 19 else c for c in ranked}
+    assert 0.4 < ignore_chosen / 200 < 0.6  # chosen like any class: 3 of 6
 
 
 def test_class_mix_reproducible_and_edge_cases():
@@ -328,6 +400,57 @@ def test_color_jitter_identity_probability_and_range(convention, random_order):
     assert per == (torch.rand(4, generator=g) > 0.5).tolist()
 
 
+def _jitter_by_hand(x: torch.Tensor, g: torch.Generator, *, same_order: bool, hue_sign=1.0):
+    """The kornia-convention jitter (s = 0.2, always applied) replayed from the draws."""
+    b = x.shape[0]
+    torch.rand(1, generator=g)  # the apply decision
+    fb = torch.rand(b, generator=g) * 0.4 + 0.8
+    fc = torch.rand(b, generator=g) * 0.4 + 0.8
+    fs = torch.rand(b, generator=g) * 0.4 + 0.8
+    fh = torch.rand(b, generator=g) * 0.4 - 0.2
+    order = torch.rand(1 if same_order else b, 4, generator=g).argsort(dim=1).expand(b, 4)
+    out = []
+    for i in range(b):
+        y = x[i : i + 1]
+        for op in order[i].tolist():
+            f = [fb, fc, fs, fh * hue_sign][op][i : i + 1]
+            if op == 0:
+                y = _adjust_brightness(y, f, "kornia")
+            elif op == 1:
+                y = _adjust_contrast(y, f, "kornia")
+            elif op == 2:
+                y = _adjust_saturation(y, f, "kornia")
+            else:
+                y = _adjust_hue(y, f)
+        out.append(y)
+    return torch.cat(out), order
+
+
+@pytest.mark.parametrize("same_order", [False, True])
+def test_color_jitter_draws_one_order_per_image_or_per_batch(same_order):
+    """DACS/DAFormer call kornia once per mixed image (own order); MIC once on its masked
+    batch (kornia 0.5.8 draws one ``randperm(4)`` per call: one order for all images)."""
+    x = torch.rand(6, 3, 7, 5, generator=gen(20))
+    out = color_jitter(x, gen(21), p_skip=0.0, same_order=same_order)
+    expected, order = _jitter_by_hand(x, gen(21), same_order=same_order)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    distinct = {tuple(o) for o in order.tolist()}
+    assert len(distinct) == 1 if same_order else len(distinct) > 1
+
+
+def test_color_jitter_on_bgr_channels_as_dacs():
+    """DACS jitters BGR data: the same as jittering the flipped image, and (kornia
+    convention) the same as the RGB jitter with the hue rotation reversed."""
+    x = torch.rand(3, 3, 8, 6, generator=gen(22))
+    bgr = color_jitter(x, gen(23), p_skip=0.0, channels="bgr")
+    torch.testing.assert_close(bgr, color_jitter(x.flip(1), gen(23), p_skip=0.0).flip(1))
+    reversed_hue, _ = _jitter_by_hand(x, gen(23), same_order=False, hue_sign=-1.0)
+    torch.testing.assert_close(bgr, reversed_hue, atol=1e-5, rtol=0)
+    assert not torch.allclose(bgr, color_jitter(x, gen(23), p_skip=0.0), atol=1e-3)
+    with pytest.raises(ValueError, match="channels"):
+        color_jitter(x, gen(), channels="rbg")  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------------- blur
 
 
@@ -358,6 +481,20 @@ def test_blur_matches_torchvision_and_preserves_constants():
     blurred = gaussian_blur(x, gen(), p=1.0)
     assert not torch.equal(blurred, x) and blurred.shape == x.shape
     assert gaussian_blur(x.bfloat16(), gen(), p=1.0).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("same_sigma", [False, True])
+def test_blur_draws_one_sigma_per_image_or_per_batch(same_sigma):
+    """One sigma per ``strong_transform`` call: per image for DACS/DAFormer's mixed images,
+    one for MIC's whole masked batch (``np.random.uniform(0.15, 1.15)`` once per call)."""
+    x = torch.rand(4, 3, 40, 30, generator=gen(24))  # kernels 3 x 3 (20 x 16 would be 1 x 1)
+    out = gaussian_blur(x, gen(25), p=1.0, same_sigma=same_sigma)
+    g = gen(25)
+    torch.rand(1, generator=g)  # the apply decision
+    sigma = torch.rand(1 if same_sigma else 4, generator=g) + 0.15
+    torch.testing.assert_close(out, _blur_with_sigma(x, sigma.expand(4)))
+    per_image = [_blur_with_sigma(x[i : i + 1], sigma[:1]) for i in range(4)]
+    assert all(torch.allclose(out[i : i + 1], per_image[i]) for i in range(4)) == same_sigma
 
 
 def test_strong_augment_order_and_reproducibility():
@@ -443,10 +580,11 @@ def test_every_block_runs_on_meta_tensors():
     logits = torch.empty(2, 19, 64, 48, device=meta)
 
     student = Tiny().to(meta)
-    teacher = EMATeacher(student)
-    teacher.update(student, 3)
-    teacher.update(student, torch.tensor(3, device=meta))
-    assert teacher(torch.empty(5, 4, device=meta)).shape == (5, 3)
+    for bn in ("batch", "ema"):
+        teacher = EMATeacher(student, bn=bn)
+        teacher.update(student, 3)
+        teacher.update(student, torch.tensor(3, device=meta))
+        assert teacher(torch.empty(5, 4, device=meta)).shape == (5, 3)
 
     for per_image in (True, False):
         m = class_mix_masks(labels, g, per_image=per_image)
@@ -463,6 +601,9 @@ def test_every_block_runs_on_meta_tensors():
                 images, g, convention=convention, random_order=random_order, per_image=True
             )
             assert out.shape == images.shape and out.device == meta
+    for channels in ("rgb", "bgr"):  # MIC's batch draws; DACS's BGR jitter
+        out = strong_augment(images, g, same_order_and_sigma=True, channels=channels)
+        assert out.shape == images.shape and out.device == meta
     assert gaussian_blur(images, g).shape == images.shape
     assert block_mask(images.shape, g, block_size=16, device=meta).shape == (2, 1, 64, 48)
     assert downscale_label_ratio(labels, 4, 0.75, 19).shape == (2, 16, 12)
@@ -500,12 +641,14 @@ def test_cuda_no_sync_and_graph_capture():
     labels = torch.randint(0, 19, (2, 128, 96), device=dev)
     logits = torch.randn(2, 19, 128, 96, device=dev)
     student = Tiny().to(dev)
-    teacher = EMATeacher(student)
+    teacher = EMATeacher(student)  # BatchNorm on the batch's statistics, as the references
+    features = torch.randn(6, 4, device=dev)
     step = torch.zeros((), dtype=torch.long, device=dev)
 
     def uda_step() -> list[torch.Tensor]:
         teacher.update(student, step)
         step.add_(1)
+        predicted = teacher(features)
         pl, pw = pseudo_labels(logits, margins=(15, 12, 0, 0))
         m = class_mix_masks(labels, g, per_image=False)
         img = strong_augment(mix(m, images, target), g, per_image=True)
@@ -515,6 +658,7 @@ def test_cuda_no_sync_and_graph_capture():
             mix(m, 1.0, pw),
             img * block_mask(img.shape, g, block_size=16, device=dev),
             downscale_label_ratio(labels, 4, 0.75, 19),
+            predicted,
         ]
 
     torch.cuda.synchronize()

@@ -18,11 +18,9 @@ from gbw.engine.trainer import build_method, train
 from gbw.uda.advent import self_information
 from gbw.uda.base import Step, resize_to
 from gbw.weighting import WEIGHTINGS
+from tiny_networks import tiny_method, tiny_network, tinyseg
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = "model.kwargs={widths: [8, 8, 16, 16], aspp_channels: 8, decoder_channels: 8, aux: %s}"
-MULTI_LEVEL = {"advent", "minent", "adaptsegnet"}
-ADVERSARIAL = {"advent", "adaptsegnet"}
 #: loss terms each method weights (and must log weights for)
 TERMS = {
     "source_only": {"src"},
@@ -52,19 +50,13 @@ LOSSES["advent"] = LOSSES["adaptsegnet"]
 
 def tiny_config(method: str, *extra: str) -> ExperimentConfig:
     """A CPU experiment with the tiny network (with the conv4-like aux head where needed)."""
-    more = ["uda.disc_ndf=8"] if method in ADVERSARIAL else []
-    if method == "dacs":  # an untrained teacher is never 96.8 % sure: let the mix term count
-        more.append("uda.pseudo_threshold=0.0")
     return load_config(
         None,
         [
-            f"method={method}",
-            "model.name=tinyseg",
-            TINY % ("true" if method in MULTI_LEVEL else "false"),
+            *tiny_method(method),
             "optim.name=adamw",
             "optim.lr=0.002",
             "optim.head_lr_mult=1.0",
-            *more,
             *extra,
         ],
     )
@@ -249,7 +241,7 @@ def test_advent_weights_the_entropy_channels_of_both_domains_alike(monkeypatch):
     for hook in hooks:
         hook.remove()
     # discriminator inputs: adversarial (target), then its own step on source and on target
-    src_logits, trg_logits = (resize_to(z, (32, 32)) for z in outputs)
+    src_logits, trg_logits = (resize_to(z, (32, 32), align_corners=True) for z in outputs)
     expected = [self_information(z) * v.view(1, -1, 1, 1) for z in (trg_logits, src_logits)]
     assert len(seen) == 3
     for got, want in zip(seen, [expected[0], expected[1], expected[0]]):
@@ -285,13 +277,13 @@ def test_discriminators_get_no_gradient_from_the_adversarial_loss():
 
 def test_multi_level_needs_an_aux_head_and_vice_versa():
     source, target = random_batches()
-    m = build_method(tiny_config("advent", TINY % "false"))
+    m = build_method(tiny_config("advent", *tinyseg(aux=False)))
     with pytest.raises(ValueError, match=r"model.kwargs.aux=true"):
         m.training_step(source, target, plain_step(0, m.configure_optimizers()))
     m = build_method(tiny_config("minent", "uda.multi_level=false"))
     with pytest.raises(ValueError, match=r"model.kwargs.aux=false"):
         m.training_step(source, target, plain_step(0, m.configure_optimizers()))
-    m = build_method(tiny_config("adaptsegnet", "uda.multi_level=false", TINY % "false"))
+    m = build_method(tiny_config("adaptsegnet", "uda.multi_level=false", *tinyseg(aux=False)))
     assert set(m.configure_optimizers()) == {"model", "disc_main"}
     logs = m.training_step(source, target, plain_step(0, m.configure_optimizers()))
     assert set(logs) == {"src.ce", "adv_trg.main", "disc.src", "disc.trg"}
@@ -304,6 +296,209 @@ def test_least_squares_gan_option():
     assert all(torch.isfinite(v) for v in logs.values())
     with pytest.raises(ValueError, match=r"uda\.gan"):
         build_method(tiny_config("adaptsegnet", "uda.gan=wgan"))
+
+
+# ------------------------------------------- recipe defaults = the reference code, tiny cases
+
+
+def _outputs_of(module: torch.nn.Module) -> tuple[list[torch.Tensor], object]:
+    outputs: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda mod, args, out: outputs.append(out["main"]))
+    return outputs, hook
+
+
+def _up(logits: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    return F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=align_corners)
+
+
+@pytest.mark.parametrize("method", ["source_only", "advent", "dacs"])
+def test_source_ce_is_the_labelled_mean_of_align_corners_logits(method):
+    """DACS/ADVENT/AdaptSegNet: ``interp = nn.Upsample(..., align_corners=True)`` then a CE
+    averaged over the labelled pixels (``CrossEntropy2d`` / ``cross_entropy_2d``): exactly
+    ``F.cross_entropy(ignore_index=255)`` of the align-corners upsampled logits."""
+    torch.manual_seed(0)
+    m = build_method(tiny_config(method))
+    assert m.cfg.align_corners is True
+    outputs, hook = _outputs_of(m.model)
+    source, target = random_batches()
+    source["label"][:, :, :10] = 255  # a third of the pixels ignored: the means differ
+    logs = m.training_step(source, target, plain_step(0, m.configure_optimizers()))
+    hook.remove()
+    logits = outputs[0].detach()
+    expected = F.cross_entropy(_up(logits, True), source["label"], ignore_index=255)
+    torch.testing.assert_close(logs["src.ce"], expected)
+    # what it is not: the all-pixel mean, or align_corners=False
+    per_pixel = F.cross_entropy(
+        _up(logits, True), source["label"], ignore_index=255, reduction="none"
+    )
+    assert not torch.isclose(logs["src.ce"], per_pixel.mean())
+    no_corners = F.cross_entropy(_up(logits, False), source["label"], ignore_index=255)
+    assert not torch.isclose(logs["src.ce"], no_corners)
+    # the alternatives by name
+    m = build_method(tiny_config(method, "uda.align_corners=false", _reduction_key(method)))
+    outputs, hook = _outputs_of(m.model)
+    logs = m.training_step(source, target, plain_step(0, m.configure_optimizers()))
+    hook.remove()
+    per_pixel = F.cross_entropy(
+        _up(outputs[0].detach(), False), source["label"], ignore_index=255, reduction="none"
+    )
+    torch.testing.assert_close(logs["src.ce"], per_pixel.mean())
+
+
+def _reduction_key(method: str) -> str:
+    key = "src_ce_reduction" if method == "dacs" else "ce_reduction"
+    return f"uda.{key}=all_pixel_mean"
+
+
+def test_dacs_mixed_loss_is_the_all_pixel_mean_of_the_weighted_ce():
+    """DACS ``CrossEntropyLoss2dPixelWiseWeighted``: ``torch.mean(CE * pixelWiseWeight)`` over
+    all pixels of the mixed batch, ignored (pasted ignore-label) pixels as zeros."""
+    source, target = random_batches()
+    for seed in range(10):  # a run whose ClassMix pastes the ignore label
+        torch.manual_seed(seed)
+        m = build_method(tiny_config("dacs", f"seed={seed}"))
+        outputs, hook = _outputs_of(m.model)
+        mixed: list[tuple] = []
+        original = m.mixed_batch
+
+        def capture(*args, original=original, mixed=mixed, **kwargs):
+            mixed.append(original(*args, **kwargs))
+            return mixed[-1]
+
+        m.mixed_batch = capture
+        logs = m.training_step(source, target, plain_step(0, m.configure_optimizers()))
+        hook.remove()
+        _, label, weight = mixed[0]
+        if (label == 255).any():
+            break
+    assert (label == 255).any()
+    ce = F.cross_entropy(_up(outputs[1].detach(), True), label, ignore_index=255, reduction="none")
+    torch.testing.assert_close(logs["mix.ce"], (ce * weight).mean())
+    assert not torch.isclose(logs["mix.ce"], (ce * weight).sum() / (label != 255).sum())
+
+
+def test_dacs_teacher_first_update_copies_the_student_and_uses_batch_statistics():
+    """DACS ``update_ema_variables(iteration=i_iter)`` after step 0: alpha = 0, a copy; its
+    teacher stays in train mode (``ema_model.train()``), so TinySeg's BatchNorm normalises with
+    the target batch's statistics. DAFormer's schedule (``half``) and gbw's eval-mode teacher
+    (``ema``) by name."""
+    import copy
+
+    torch.manual_seed(2)
+    m = build_method(tiny_config("dacs"))
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.add_(torch.randn_like(p))
+    step = plain_step(0, {})
+    m.after_optimizer_step(step)
+    assert all(torch.equal(t, s) for t, s in zip(m.teacher.model.parameters(), m.net.parameters()))
+    x = torch.rand(2, 3, 32, 32)
+    in_train_mode = copy.deepcopy(m.net).train()
+    with torch.no_grad():
+        torch.testing.assert_close(m.teacher(x)["main"], in_train_mode(x)["main"])
+        in_eval_mode = copy.deepcopy(m.net).eval()
+        assert not torch.allclose(m.teacher(x)["main"], in_eval_mode(x)["main"])
+
+    half = build_method(tiny_config("dacs", "uda.ema_first_update=half", "uda.teacher_bn=ema"))
+    start = [p.detach().clone() for p in half.teacher.model.parameters()]
+    with torch.no_grad():
+        for p in half.net.parameters():
+            p.add_(torch.randn_like(p))
+    half.after_optimizer_step(step)
+    for t, s, o in zip(half.teacher.model.parameters(), half.net.parameters(), start):
+        torch.testing.assert_close(t, 0.5 * o + 0.5 * s)
+    with torch.no_grad():
+        running = copy.deepcopy(half.teacher.model).eval()
+        torch.testing.assert_close(half.teacher(x)["main"], running(x)["main"])
+
+
+def test_dacs_class_mix_draws_the_ignore_label_like_a_class():
+    """DACS trainUDA.py: ``torch.unique(labels[image_i])`` with the ignore filter commented
+    out. A source image of class 3 and ignored pixels has 2 candidates: one is pasted, so in
+    about half the draws it is the ignore region and not class 3; the paper's choice
+    (``mix_count_ignore=false``) always pastes class 3."""
+    source = {"image": torch.ones(2, 3, 32, 32), "label": torch.full((2, 32, 32), 3)}
+    source["label"][:, :16] = 255
+    target = {"image": torch.zeros(2, 3, 32, 32)}
+    no_aug = ("uda.color_jitter_p_skip=1.0", "uda.blur=false")
+    pasted = {}
+    for count in ("true", "false"):
+        m = build_method(tiny_config("dacs", f"uda.mix_count_ignore={count}", *no_aug))
+        ignore_pasted = 0
+        for seed in range(20):
+            image, _, _ = m.mixed_batch(source, target, torch.Generator().manual_seed(seed))
+            top, bottom = image[:, 0, :16], image[:, 0, 16:]  # 1 where the source was pasted
+            assert torch.equal(top.amax((1, 2)) + bottom.amax((1, 2)), torch.ones(2))
+            ignore_pasted += int(top.amax((1, 2)).sum())
+        pasted[count] = ignore_pasted / 40
+    assert 0.25 < pasted["true"] < 0.75 and pasted["false"] == 0.0
+
+
+def test_dacs_jitters_the_mixed_images_in_bgr_order():
+    """DACS hands kornia its BGR network input (transformsgpu.colorJitter): the mixed batch
+    is ClassMix, then the jitter on BGR channels, then the blur, from one generator."""
+    from gbw.uda.blocks import class_mix_masks, mix, strong_augment
+
+    torch.manual_seed(3)
+    m = build_method(tiny_config("dacs", "uda.color_jitter_p_skip=0.0"))
+    assert m.cfg.color_jitter_channels == "bgr"
+    source, target = random_batches()
+    pseudo = m.pseudo_label(target["image"])
+    image, _, _ = m.mixed_batch(source, target, torch.Generator().manual_seed(4), pseudo)
+    g = torch.Generator().manual_seed(4)
+    masks = class_mix_masks(source["label"], g, count_ignore=True)
+    mixed = mix(masks, source["image"], target["image"])
+    by_hand = strong_augment(mixed, g, jitter_strength=0.25, channels="bgr")
+    torch.testing.assert_close(image, by_hand)
+    rgb = build_method(
+        tiny_config("dacs", "uda.color_jitter_p_skip=0.0", "uda.color_jitter_channels=rgb")
+    )
+    other, _, _ = rgb.mixed_batch(source, target, torch.Generator().manual_seed(4), pseudo)
+    assert not torch.allclose(other, image)
+
+
+@pytest.mark.parametrize("config", ["advent/gta2cs.yaml", "daformer/gta2cs.yaml"])
+def test_evaluation_upsamples_logits_as_the_reference(config):
+    """ADVENT eval_UDA.py, AdaptSegNet evaluate_cityscapes.py, DACS evaluateUDA.py:
+    ``nn.Upsample(..., align_corners=True)`` of the logits to the label size; mmseg
+    (DAFormer): ``align_corners=False``."""
+    from gbw.engine.evaluate import predict_logits
+
+    cfg = load_config(ROOT / "configs" / config).eval
+    assert cfg.align_corners is config.startswith("advent")
+    logits = torch.randn(1, 19, 8, 16)
+    seen: list[tuple[int, ...]] = []
+
+    def model(x: torch.Tensor) -> dict:
+        seen.append(tuple(x.shape[-2:]))
+        return {"main": logits}
+
+    out = predict_logits(model, torch.rand(1, 3, 64, 128), cfg, 19, out_size=(64, 128))
+    assert seen == [(512, 1024)]  # the network sees Cityscapes at 1024x512
+    up = F.interpolate(logits, size=(64, 128), mode="bilinear", align_corners=cfg.align_corners)
+    torch.testing.assert_close(out, up)
+    other = F.interpolate(
+        logits, size=(64, 128), mode="bilinear", align_corners=not cfg.align_corners
+    )
+    assert not torch.allclose(out, other)
+
+
+def test_recipe_option_values_are_checked():
+    for bad in (
+        "uda.teacher_bn=train",
+        "uda.ema_first_update=zero",
+        "uda.color_jitter_channels=rbg",
+        "uda.src_ce_reduction=avg",
+        "uda.mix_ce_reduction=sum",
+    ):
+        with pytest.raises(ValueError, match=bad.split("=")[0].replace(".", r"\.")):
+            build_method(tiny_config("dacs", bad))
+    with pytest.raises(ValueError, match=r"uda\.ce_reduction must be one of"):
+        build_method(tiny_config("advent", "uda.ce_reduction=weighted_mean"))
+    # the older name of the labelled mean still loads (configs saved in run folders)
+    assert build_method(tiny_config("minent", "uda.ce_reduction=valid_mean")).cfg.ce_reduction == (
+        "labelled_mean"
+    )
 
 
 # ------------------------------------------------------------------------------ overfitting
@@ -416,9 +611,7 @@ def test_two_process_ddp_advent(minicity_root, tmp_path, train_two_processes):
     overrides = [
         f"out_dir={tmp_path}",
         "name=ddp",
-        "model.name=tinyseg",
-        TINY % "true",
-        "uda.disc_ndf=8",
+        *tiny_network("advent"),
         "data.minicity_size=quick",
         "data.batch_size=1",
         "data.num_workers=0",

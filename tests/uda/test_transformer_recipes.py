@@ -25,23 +25,14 @@ from gbw.models.hrda import HRDAModel, ScaleAttentionHead, crop_at, paste_at
 from gbw.models.mit import nvlabs_key_shapes
 from gbw.uda.base import ReusedWeighting, Step
 from gbw.weighting import weighted_cross_entropy
+from tiny_networks import tiny_method, tiny_network
 
-TINY = [
-    "model.kwargs.encoder=tiny",
-    "model.kwargs.embed_dim=16",
-    "model.kwargs.channels=16",
-]
-HRDA_TINY = ["model.kwargs.detail_crop=[32,32]", "model.kwargs.attention_embed_dim=16"]
-#: (method, model, extra overrides) of each recipe with a tiny MiT
+#: (method, network base) of each recipe with a tiny MiT, and extra overrides
 RECIPES = {
-    "daformer": ("daformer", "daformer_mit", []),
-    "hrda": ("hrda", "hrda_daformer_mit", HRDA_TINY),
-    "mic": ("mic", "hrda_daformer_mit", [*HRDA_TINY, "uda.mask_block_size=16"]),
-    "mic_daformer": (
-        "mic",
-        "daformer_mit",
-        ["uda.base=daformer", "uda.mask_block_size=16", "uda.pseudo_margins=[4,8,0,0]"],
-    ),
+    "daformer": ("daformer", "hrda", []),
+    "hrda": ("hrda", "hrda", []),
+    "mic": ("mic", "hrda", []),
+    "mic_daformer": ("mic", "daformer", ["uda.pseudo_margins=[4,8,0,0]"]),
 }
 #: GBW terms each recipe must weight (and log)
 TERMS = {
@@ -53,21 +44,16 @@ TERMS = {
 
 
 def recipe_config(name: str, *extra: str) -> ExperimentConfig:
-    method, model, more = RECIPES[name]
+    method, base, more = RECIPES[name]
     return load_config(
         None,
         [
-            f"method={method}",
-            f"model.name={model}",
-            *TINY,
+            *tiny_method(method, base=base),
             *more,
             "weighting.name=gbw",
             "optim.name=adamw",
             "optim.lr=1e-3",
             "optim.head_lr_mult=1.0",
-            # a tiny untrained teacher is never 96.8% sure: drop the bar so that the
-            # pseudo-labelled terms carry weight
-            "uda.pseudo_threshold=0.0",
             *extra,
         ],
     )
@@ -115,7 +101,8 @@ def minicity(tmp_path_factory) -> str:
 
 
 def engine_config(name: str, root: str, out: Path, *extra: str) -> ExperimentConfig:
-    hrda = RECIPES[name][1].startswith("hrda")
+    method, base, _ = RECIPES[name]
+    hrda = method == "hrda" or (method == "mic" and base == "hrda")
     return recipe_config(
         name,
         f"out_dir={out}",
@@ -466,6 +453,101 @@ def test_mic_masks_blocks_of_an_augmented_copy():
     assert not torch.equal(masked[kept], image[kept])  # the kept pixels were colour-augmented
 
 
+# --- recipe defaults = the reference code, tiny cases -------------------------------------
+
+
+def test_daformer_teacher_is_the_reference_train_mode_teacher():
+    """DAFormer ``dacs.py``: the EMA model stays in train mode, only ``_DropoutNd`` and
+    ``DropPath`` are switched off before the teacher pass, so the DAFormer head's BatchNorm
+    normalises with the target batch's statistics. The first update after step 0 averages
+    with weight 1/2 (``_init_ema_weights`` at iteration 0, ``_update_ema(1)`` at iteration 1)."""
+    import copy
+
+    from segmentation_models_pytorch.encoders.mix_transformer import DropPath
+    from torch.nn.modules.dropout import _DropoutNd
+
+    torch.manual_seed(0)
+    method = build_method(recipe_config("daformer"))
+    assert method.cfg.teacher_bn == "batch" and method.cfg.ema_first_update == "half"
+    start = [p.detach().clone() for p in method.teacher.model.parameters()]
+    with torch.no_grad():
+        for p in method.net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method.after_optimizer_step(Step(0, lambda loss: None, {}, 10))
+    for t, s, o in zip(method.teacher.model.parameters(), method.net.parameters(), start):
+        torch.testing.assert_close(t, 0.5 * o + 0.5 * s)
+    reference = copy.deepcopy(method.teacher.model).train()
+    for m in reference.modules():
+        if isinstance(m, (_DropoutNd, DropPath)):
+            m.training = False
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = method.teacher(x)["main"], reference(x)["main"]
+        torch.testing.assert_close(ours, theirs)
+        torch.testing.assert_close(method.teacher(x)["main"], ours)  # no dropout, no DropPath
+        eval_mode = copy.deepcopy(method.teacher.model).eval()(x)["main"]
+    assert not torch.allclose(ours, eval_mode)  # the head's BN: batch, not running statistics
+
+
+def test_daformer_losses_are_mmseg_all_pixel_means():
+    """mmseg 0.16 ``CrossEntropyLoss`` (DAFormer ``mmseg/models/losses``): ``F.cross_entropy(
+    reduction='none')`` then ``.mean()`` over all pixels, of logits resized with
+    ``align_corners=False``."""
+    torch.manual_seed(1)
+    method = build_method(recipe_config("daformer", "uda.fd_lambda=0", "weighting.name=none"))
+    outputs: list[Tensor] = []
+    hook = method.model.register_forward_hook(lambda m, a, out: outputs.append(out["main"]))
+    source, target = batches()
+    source["label"][:, :20] = 255
+    logs = run_steps(method, source, target, 1)[0]
+    hook.remove()
+    up = F.interpolate(outputs[0].detach(), size=(64, 64), mode="bilinear", align_corners=False)
+    ce = F.cross_entropy(up, source["label"], ignore_index=255, reduction="none")
+    assert logs["src.ce"] == pytest.approx(float(ce.mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_mic_augments_the_masked_batch_with_one_order_and_sigma(per_image):
+    """MIC ``masking_consistency_module.py`` calls ``strong_transform`` once on the masked
+    batch: one jitter order and one blur sigma for all images (``uda.mask_aug_per_image``)."""
+    from gbw.uda.blocks import block_mask, strong_augment
+
+    method = build_method(recipe_config("mic", f"uda.mask_aug_per_image={per_image}"))
+    image = torch.rand(4, 3, 64, 64)
+    masked = method.masked_images(image, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    augmented = strong_augment(image, g, same_order_and_sigma=not per_image)
+    keep = block_mask(image.shape, g, block_size=16)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    torch.testing.assert_close(masked, augmented * keep + mean * (1 - keep))
+    # and the two choices really differ on this draw (jitter and blur both applied)
+    other = strong_augment(image, torch.Generator().manual_seed(0), same_order_and_sigma=per_image)
+    assert not torch.allclose(augmented, other)
+
+
+@pytest.mark.parametrize("scope", ["fused", "all"])
+def test_mic_mask_lambda_scales_the_fused_part_only(scope):
+    """MIC: ``masked_loss['decode.loss_seg'] *= self.mask_lambda``: HRDA's fused part
+    (already x 0.9), not the detail part ``decode.hr.loss_seg`` (x 0.1)."""
+    torch.manual_seed(2)
+    method = build_method(
+        recipe_config("mic", "uda.mask_lambda=0.5", f"uda.mask_lambda_scope={scope}")
+    )
+    opts = method.configure_optimizers()
+    losses: list[Tensor] = []
+
+    def backward(loss: Tensor) -> None:
+        losses.append(loss.detach())
+        loss.backward()
+
+    logs = method.training_step(*batches(), Step(0, backward, opts, 10))
+    fused, detail = logs["masked.ce"], logs["masked_hr.ce"]
+    expected = (
+        0.5 * 0.9 * fused + 0.1 * detail if scope == "fused" else 0.5 * (0.9 * fused + 0.1 * detail)
+    )
+    torch.testing.assert_close(losses[-1], expected)
+
+
 def test_hrda_overfits_one_batch():
     """HRDA (fused + detail loss, GBW on all four terms) fits one colour-coded source batch."""
     torch.manual_seed(0)
@@ -533,11 +615,9 @@ def test_hrda_trains_on_two_processes(minicity, tmp_path, train_two_processes):
     import json
 
     cfg = tmp_path / "hrda.yaml"
-    cfg.write_text("method: hrda\nmodel:\n  name: hrda_daformer_mit\n")
-    _, _, more = RECIPES["hrda"]
+    cfg.write_text("method: hrda\n")
     overrides = [
-        *TINY,
-        *more,
+        *tiny_network("hrda"),
         f"out_dir={tmp_path}",
         "name=ddp",
         "data.minicity_size=quick",

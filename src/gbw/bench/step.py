@@ -17,7 +17,8 @@ projected time of the recipe's whole run (``train.max_iters`` x median), and GBW
 step, ``(t_gbw - t_none) / t_gbw``.
 
 Input sizes: ``data.<domain>.crop`` when set, else ``data.<domain>.resize`` taken as the image
-size (W, H) (GTA's 1280x720; the keep-ratio resize of real frames gives 1280x704), else
+size (W, H) (GTA's 1280x720, what the DeepLabV2-era recipes stretch frames to; the
+keep-ratio resize of the DAFormer recipe gives 1280x704), else
 ``--size``. ``--size H,W`` sets both domains. Pretrained weights are not loaded
 (``model.pretrained`` is ignored): random weights cost the same.
 

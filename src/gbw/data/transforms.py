@@ -11,14 +11,23 @@ Normalisation is *not* part of the data pipeline: datasets emit RGB in [0, 1] an
 normalises its own input (:func:`normalize`), because DeepLabV2 subtracts a BGR mean in 0..255
 units while MiT uses ImageNet mean/std, and ClassMix / colour jitter act on plain images.
 
-Two deliberate differences from the reference code, both about alignment or leakage:
+The DeepLabV2-era references (ADVENT ``advent/dataset/base_dataset.py``, AdaptSegNet
+``dataset/gta5_dataset.py``, DACS ``data/gta5_dataset.py``) *stretch* every image to the
+recipe size instead (PIL ``image.resize((1280, 720))``): ``keep_ratio=False``
+(``data.*.keep_ratio: false`` in ``configs/_base_/deeplabv2*.yaml``) resizes to exactly
+``(width, height)``, so a 1914x1052 GTA5 frame becomes 1280x720, not 1280x704.
+
+Deliberate differences from the reference code:
 
 * Labels are resized with ``cv2.INTER_NEAREST_EXACT`` (pixel-centre sampling, like the bilinear
   image resize), not mmcv's ``INTER_NEAREST``, which samples the top-left source pixel and so
   shifts the label by up to half an output pixel against the image.
-* DAFormer's target (Cityscapes) pipeline also runs the ``cat_max_ratio`` crop check, which reads
-  the *target ground truth* to choose the crop. gbw builds target training sets without labels,
-  so target crops are plain random crops.
+* Images are resized with OpenCV's bilinear filter (mmcv's); the DeepLabV2-era references use
+  PIL's bicubic filter (DACS: PIL bilinear for its Cityscapes halving, ``RandomCrop_city``).
+* DAFormer's target (Cityscapes) pipeline runs mmseg's ``RandomCrop`` with its default
+  ``cat_max_ratio=1.0`` (``configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py``), i.e. a
+  plain random crop without the class-ratio check; gbw's target crops are the same plain
+  random crops (the target sets are built without labels, so no crop can read them).
 """
 
 from __future__ import annotations
@@ -223,7 +232,10 @@ class TrainTransform:
 
     Args:
         scale: (long, short) edge bounds of the keep-ratio rescale (``RECIPE_SCALES``), or None
-            to keep the decoded size.
+            to keep the decoded size. With ``keep_ratio=False``: the (width, height) to
+            stretch every image to.
+        keep_ratio: mmcv's keep-ratio rescale (DAFormer, HRDA, MIC); False stretches to
+            ``scale`` (ADVENT, AdaptSegNet, DACS).
         crop_size: (height, width) of the random crop, or None for no crop.
         cat_max_ratio: re-draw a crop while one class covers at least this share (labels only).
         crop_tries: how many re-draws at most.
@@ -238,6 +250,7 @@ class TrainTransform:
     """
 
     scale: tuple[int, int] | None = None
+    keep_ratio: bool = True
     crop_size: tuple[int, int] | None = CROP_SIZE
     cat_max_ratio: float = CAT_MAX_RATIO
     crop_tries: int = CROP_TRIES
@@ -275,7 +288,10 @@ class TrainTransform:
             )
         extra = list(masks)
         if self.scale is not None:
-            size = rescale_size(image.shape[1], image.shape[0], self.scale)
+            if self.keep_ratio:
+                size = rescale_size(image.shape[1], image.shape[0], self.scale)
+            else:
+                size = (int(self.scale[0]), int(self.scale[1]))
             image, label = resize(image, label, size)
             extra = [resize_mask(m, size) for m in extra]
         if self.crop_size is not None:

@@ -32,19 +32,23 @@ def _seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
+def train_transform(spec: DatasetSpec) -> TrainTransform:
+    """The training transform a dataset spec describes (resize, crop, flip, photometric)."""
+    return TrainTransform(
+        scale=tuple(spec.resize) if spec.resize else None,
+        keep_ratio=spec.keep_ratio,
+        crop_size=tuple(spec.crop) if spec.crop else None,
+        cat_max_ratio=spec.cat_max_ratio,
+        flip_prob=0.5 if spec.flip else 0.0,
+        photometric=spec.photometric,
+    )
+
+
 def build_dataset(
     spec: DatasetSpec, exp: ExperimentConfig, *, train: bool, with_labels: bool
 ) -> SegmentationDataset:
     """A dataset from its config: MiniCity or a real dataset, with the training transform."""
-    transform = None
-    if train:
-        transform = TrainTransform(
-            scale=tuple(spec.resize) if spec.resize else None,
-            crop_size=tuple(spec.crop) if spec.crop else None,
-            cat_max_ratio=spec.cat_max_ratio,
-            flip_prob=0.5 if spec.flip else 0.0,
-            photometric=spec.photometric,
-        )
+    transform = train_transform(spec) if train else None
     limit = spec.subset or None
     if spec.pseudo_margins is not None and spec.name == "minicity":
         raise ValueError(

@@ -2,7 +2,10 @@
 
 Protocols (RECIPES.md): AdaptSegNet/ADVENT/DAFormer feed Cityscapes at 1024x512 and upsample
 the logits to the 2048x1024 labels (``eval.resize=[1024, 512]``, mode ``whole``); HRDA/MIC
-slide a 1024x1024 window with stride 512 over the full 2048x1024 image (mode ``slide``).
+slide a 1024x1024 window with stride 512 over the full 2048x1024 image (mode ``slide``). The
+logits are upsampled bilinearly with ``eval.align_corners``: False as mmseg (DAFormer, HRDA,
+MIC), True as ADVENT ``eval_UDA.py``, AdaptSegNet ``evaluate_cityscapes.py`` and DACS
+``evaluateUDA.py`` (``nn.Upsample(..., align_corners=True)``; the DeepLabV2-era configs).
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ from gbw.config import EvalConfig
 from gbw.metrics import ConfusionMatrix, SegMetrics
 
 
-def _up(logits: Tensor, size: Sequence[int]) -> Tensor:
+def _up(logits: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def slide_logits(
-    model: nn.Module, image: Tensor, crop: Sequence[int], stride: Sequence[int], num_classes: int
+    model: nn.Module,
+    image: Tensor,
+    crop: Sequence[int],
+    stride: Sequence[int],
+    num_classes: int,
+    align_corners: bool = False,
 ) -> Tensor:
     """Average of window logits (each upsampled to its window) over a grid of crops.
 
@@ -45,7 +53,8 @@ def slide_logits(
             y1 = min(r * sh, h - ch)
             x1 = min(c * sw, w - cw)
             win = image[:, :, y1 : y1 + ch, x1 : x1 + cw]
-            out[:, :, y1 : y1 + ch, x1 : x1 + cw] += _up(model(win)["main"].float(), (ch, cw))
+            logits = _up(model(win)["main"].float(), (ch, cw), align_corners)
+            out[:, :, y1 : y1 + ch, x1 : x1 + cw] += logits
             count[:, :, y1 : y1 + ch, x1 : x1 + cw] += 1
     return out / count
 
@@ -67,10 +76,10 @@ def predict_logits(
     if cfg.mode == "whole":
         logits = model(image)["main"].float()
     elif cfg.mode == "slide":
-        logits = slide_logits(model, image, cfg.crop, cfg.stride, num_classes)
+        logits = slide_logits(model, image, cfg.crop, cfg.stride, num_classes, cfg.align_corners)
     else:
         raise ValueError(f"eval.mode must be 'whole' or 'slide', got {cfg.mode!r}")
-    return _up(logits, out_size)
+    return _up(logits, out_size, cfg.align_corners)
 
 
 def evaluate(

@@ -41,13 +41,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gbw.models.discriminator import FCDiscriminator
-from gbw.uda.base import Batch, Step, UDAMethod, build_optimizer, resize_to
+from gbw.uda.base import (
+    Batch,
+    Step,
+    UDAMethod,
+    build_optimizer,
+    check_ce_reduction,
+    check_choice,
+    check_range,
+)
 
 LEVELS = ("main", "aux")
 # Loss-term names (each its own class-weighting strategy) and log prefixes, by output level.
 SOURCE_TERMS = {"main": "src", "aux": "src_aux"}
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0  # the discriminators' domain labels (AdaptSegNet, ADVENT)
-CE_REDUCTIONS = ("valid_mean", "mean")
 GANS = ("vanilla", "ls")
 
 
@@ -60,9 +67,19 @@ class MultiLevelConfig:
     multi_level: bool = True
     lambda_seg_main: float = 1.0  # ADVENT LAMBDA_SEG_MAIN
     lambda_seg_aux: float = 0.1  # ADVENT LAMBDA_SEG_AUX, AdaptSegNet LAMBDA_SEG
-    # valid_mean: CE averaged over labelled pixels (both references' CrossEntropy2d);
-    # mean: over all pixels, ignored ones as zeros (mmseg, the GBW authors' code).
-    ce_reduction: str = "valid_mean"
+    # labelled_mean: CE averaged over labelled pixels (ADVENT utils/loss.py cross_entropy_2d,
+    # AdaptSegNet utils/loss.py CrossEntropy2d); all_pixel_mean: over all pixels, ignored ones
+    # as zeros (mmseg, the GBW authors' code); mean: PyTorch's weighted mean
+    ce_reduction: str = "labelled_mean"
+    # logits upsampled to the input size with align_corners=True (ADVENT train_UDA.py and
+    # AdaptSegNet pytorch_0.4/train_gta2cityscapes_multi.py nn.Upsample; the original script,
+    # for PyTorch < 0.4, had align_corners=True behaviour); false: mmseg's
+    align_corners: bool = True
+
+    def __post_init__(self) -> None:
+        self.ce_reduction = check_ce_reduction(self.ce_reduction, "uda.ce_reduction")
+        check_range(self.lambda_seg_main, "uda.lambda_seg_main")
+        check_range(self.lambda_seg_aux, "uda.lambda_seg_aux")
 
 
 @dataclass
@@ -75,6 +92,18 @@ class AdaptSegNetConfig(MultiLevelConfig):
     # vanilla: BCE on the discriminator logits (the papers); ls: least squares on the raw
     # outputs (AdaptSegNet ``--gan LS``; the AdvSeg of lhoyer/MIC's mmseg port uses it).
     gan: str = "vanilla"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.lambda_adv_main, "uda.lambda_adv_main")
+        check_range(self.lambda_adv_aux, "uda.lambda_adv_aux")
+        check_range(self.disc_lr, "uda.disc_lr")
+        if len(self.disc_betas) != 2:
+            raise ValueError(f"uda.disc_betas must be 2 numbers in [0, 1), got {self.disc_betas}")
+        for b in self.disc_betas:
+            check_range(b, "uda.disc_betas[]", 0.0, 1.0, high_open=True)
+        check_range(self.disc_ndf, "uda.disc_ndf", 1, integer=True)
+        check_choice(self.gan, GANS, "uda.gan")
 
 
 def gan_loss(logits: Tensor, domain: float, kind: str = "vanilla") -> Tensor:
@@ -115,10 +144,6 @@ class MultiLevelMethod(UDAMethod):
 
     def __init__(self, model, cfg: MultiLevelConfig, exp, weighting) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, exp, weighting)
-        if cfg.ce_reduction not in CE_REDUCTIONS:
-            raise ValueError(
-                f"uda.ce_reduction must be one of {CE_REDUCTIONS}, got {cfg.ce_reduction!r}"
-            )
         self.levels: tuple[str, ...] = LEVELS if cfg.multi_level else LEVELS[:1]
 
     def outputs(self, image: Tensor) -> dict[str, Tensor]:
@@ -137,7 +162,7 @@ class MultiLevelMethod(UDAMethod):
                 f"method {self.name!r} with uda.multi_level=false: the model has an auxiliary "
                 "classifier that would never be trained; set model.kwargs.aux=false"
             )
-        return {level: resize_to(out[level], image.shape[-2:]) for level in self.levels}
+        return {level: self.resize_logits(out[level], image.shape[-2:]) for level in self.levels}
 
     def source_step(self, source: Batch, step: Step) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Step 1: ``lambda_seg_main * CE(main) + lambda_seg_aux * CE(aux)`` on source, backward.
@@ -149,7 +174,7 @@ class MultiLevelMethod(UDAMethod):
         weight = {"main": self.cfg.lambda_seg_main, "aux": self.cfg.lambda_seg_aux}
         losses = {
             level: self.weighting(SOURCE_TERMS[level]).cross_entropy(
-                resize_to(logits[level], label.shape[-2:]),
+                self.resize_logits(logits[level], label.shape[-2:]),
                 label,
                 reduction=self.cfg.ce_reduction,
             )
@@ -169,8 +194,6 @@ class AdaptSegNet(MultiLevelMethod):
 
     def __init__(self, model, cfg: AdaptSegNetConfig, exp, weighting) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, exp, weighting)
-        if cfg.gan not in GANS:
-            raise ValueError(f"uda.gan must be one of {GANS}, got {cfg.gan!r}")
         # Registered as attributes so that the engine wraps each one with its optimiser.
         for level in self.levels:
             setattr(self, f"disc_{level}", FCDiscriminator(self.num_classes, cfg.disc_ndf))

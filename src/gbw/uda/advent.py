@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gbw.uda.adaptsegnet import AdaptSegNet, AdaptSegNetConfig, MultiLevelConfig, MultiLevelMethod
-from gbw.uda.base import Batch, Step
+from gbw.uda.base import Batch, Step, check_range
 
 # Loss-term names of the target entropy, by output level (one weighting strategy each).
 ENTROPY_TERMS = {"main": "trg_ent", "aux": "trg_ent_aux"}
@@ -67,6 +67,11 @@ class MinEntConfig(MultiLevelConfig):
 
     lambda_ent_main: float = 0.001  # LAMBDA_ENT_MAIN
     lambda_ent_aux: float = 0.0002  # LAMBDA_ENT_AUX
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.lambda_ent_main, "uda.lambda_ent_main")
+        check_range(self.lambda_ent_aux, "uda.lambda_ent_aux")
 
 
 class AdvEnt(AdaptSegNet):

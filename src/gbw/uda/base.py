@@ -9,6 +9,7 @@ that takes class weights gets its own strategy from ``self.weighting(term)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gbw.weighting import ClassWeighting, Focal
+from gbw.weighting import ClassWeighting, Focal, check_reduction
 
 if TYPE_CHECKING:  # types only: the config module validates method settings, so sits above
     from gbw.config import ExperimentConfig, OptimConfig
@@ -101,11 +102,74 @@ class ReusedWeighting(ClassWeighting):
         return f"ReusedWeighting(of={self.owner_term!r})"
 
 
-def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of logits to a label's size (align_corners=False, as mmseg)."""
+#: Reductions a recipe's cross-entropy terms may use (``gbw.weighting.losses``): the mean over
+#: labelled pixels (DACS ``CrossEntropy2d``, ADVENT ``cross_entropy_2d``, AdaptSegNet
+#: ``CrossEntropy2d``), over all pixels (mmseg's ``CrossEntropyLoss`` in DAFormer, HRDA, MIC
+#: and the authors' GBW code; DACS's pixel-weighted mixed loss), or PyTorch's weighted mean.
+CE_REDUCTIONS = ("labelled_mean", "all_pixel_mean", "mean")
+
+
+def check_ce_reduction(value: str, key: str) -> str:
+    """The canonical name of a recipe's cross-entropy reduction (``valid_mean`` is accepted as
+    the older name of ``labelled_mean``), or a ValueError naming ``key``."""
+    try:
+        name = check_reduction(value, key)
+    except ValueError:
+        name = ""
+    if name not in CE_REDUCTIONS:
+        raise ValueError(f"{key} must be one of {CE_REDUCTIONS}, got {value!r}")
+    return name
+
+
+def check_choice(value: object, allowed: tuple, key: str) -> None:
+    """A ValueError naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+
+
+def check_range(
+    value: object,
+    key: str,
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """A ValueError naming ``key`` unless ``value`` is a number in ``[low, high]`` (or
+    ``[low, high)``), an integer if asked; method settings check themselves this way in their
+    dataclass's ``__post_init__``, so a bad ``uda.*`` value fails when the config is loaded."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and (not integer or float(value).is_integer()) and math.isfinite(float(value))
+    ok = ok and low <= float(value) and (float(value) < high if high_open else float(value) <= high)
+    if not ok:
+        top = "" if math.isinf(high) else f", {high:g}{')' if high_open else ']'}"
+        span = f"in [{low:g}{top}" if top else f">= {low:g}"
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{key} must be {kind} {span}, got {value!r}")
+
+
+def check_margins(value: object, key: str) -> None:
+    """Four non-negative integers (top, bottom, left, right)."""
+    ok = isinstance(value, list | tuple) and len(value) == 4
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok:
+        raise ValueError(
+            f"{key} must be 4 non-negative integers (top, bottom, left, right), got {value!r}"
+        )
+
+
+def resize_to(logits: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of logits to a label's size.
+
+    ``align_corners=False`` is mmseg's (DAFormer, HRDA, MIC); the DeepLabV2-era references
+    upsample with ``nn.Upsample(..., mode='bilinear', align_corners=True)`` (ADVENT
+    ``train_UDA.py``, AdaptSegNet ``train_gta2cityscapes_multi.py``, DACS ``trainUDA.py``),
+    which their recipes' ``uda.align_corners: true`` reproduces.
+    """
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class UDAMethod(nn.Module):
@@ -142,6 +206,10 @@ class UDAMethod(nn.Module):
             else:
                 self.weightings[term] = self._make_weighting(term)
         return self.weightings[term]
+
+    def resize_logits(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """:func:`resize_to` with the recipe's ``uda.align_corners`` (False without one)."""
+        return resize_to(logits, size, bool(getattr(self.cfg, "align_corners", False)))
 
     @property
     def net(self) -> nn.Module:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 Generator = torch.Generator | None
 JitterConvention = Literal["kornia", "torchvision"]
+ChannelOrder = Literal["rgb", "bgr"]
 PseudoWeighting = Literal["fraction", "per_pixel", "none"]
 
 # ITU-R 601 luma weights as torchvision's rgb_to_grayscale uses them.
@@ -49,27 +50,44 @@ _GRAY = (0.2989, 0.587, 0.114)
 # --------------------------------------------------------------------------------------------
 
 
+#: How the teacher's normalisation layers predict (``EMATeacher(bn=...)``, ``uda.teacher_bn``).
+TEACHER_BN = ("batch", "ema")
+
+
 class EMATeacher(nn.Module):
     """Exponential-moving-average teacher (Mean Teacher; DACS and DAFormer's ``ema_model``).
 
     ``theta_t <- alpha_t * theta_t + (1 - alpha_t) * theta_s`` with
-    ``alpha_t = min(1 - 1 / (step + 1), alpha)``, the warm-up of DACS ``update_ema_variables``
-    and DAFormer ``_update_ema``: ``step=0`` copies the student, small steps average it
-    uniformly, and from ``step >= 1 / (1 - alpha) - 1`` the rate is ``alpha``. DAFormer calls
-    it at the start of iteration ``it`` (``it > 0``) with ``step=it``, i.e. after optimiser
-    step ``it - 1``; at ``it = 0`` it copies the weights.
+    ``alpha_t = min(1 - 1 / (step + 1), alpha)``: ``step=0`` copies the student, small steps
+    average it uniformly, and from ``step >= 1 / (1 - alpha) - 1`` the rate is ``alpha``. The
+    caller picks the warm-up's start (``uda.ema_first_update``): DACS ``trainUDA.py`` calls
+    ``update_ema_variables(iteration=i_iter)`` after optimiser step ``i_iter``, so its first
+    update copies the student (``step = i``); DAFormer ``mmseg/models/uda/dacs.py`` copies
+    the weights at iteration 0 (``_init_ema_weights``) and calls ``_update_ema(local_iter)``
+    at the start of every later iteration, i.e. after optimiser step ``local_iter - 1``, so
+    its first update averages with weight 1/2 (``step = i + 1``).
 
-    Buffers (a choice, STYLE.md 'Avoid' 6): the references average parameters only and leave
-    the teacher's buffers alone (DAFormer even runs the teacher in train mode, so its
-    BatchNorm layers normalise with the target batch's statistics). Here the teacher always
-    predicts in eval mode, so its running statistics matter and they follow the student's
-    the same way: **floating-point buffers that are saved in the state dict** (BatchNorm
-    running mean/var) get the same EMA; **all other buffers** (integer counters such as
-    ``num_batches_tracked``, non-persistent constants such as input-normalisation tables) are
-    copied from the student, so constants never drift by rounding.
+    How the teacher predicts (``bn``, a choice the references leave implicit, STYLE.md
+    'Avoid' 6):
 
-    ``forward`` runs the wrapped copy in eval mode (dropout and DropPath off) under
-    ``torch.no_grad``; :meth:`train` never switches the copy back to training mode.
+    * ``"batch"`` (default; every reference): the teacher runs as the references run it, in
+      train mode with dropout and DropPath off (DACS ``ema_model.train()``; DAFormer, HRDA and
+      MIC switch ``_DropoutNd`` and ``DropPath`` off before every teacher pass), so its
+      BatchNorm layers normalise with the statistics of the batch it predicts, and only the
+      *parameters* are averaged. Here every module except the normalisation layers with
+      running statistics (``BatchNorm*``, ``SyncBatchNorm``, ``InstanceNorm*``) is put in eval
+      mode. Those layers update the teacher's own running statistics as a side effect, as in
+      the references; nothing reads them and nothing of the student changes. Frozen BN
+      (``torchvision.ops.FrozenBatchNorm2d``, DeepLabV2 ``bn: frozen``) and LayerNorm (MiT)
+      do not depend on the mode.
+    * ``"ema"``: the teacher predicts in eval mode (normalising with running statistics), and
+      those statistics follow the student's the same way: **floating-point buffers saved in
+      the state dict** (BatchNorm running mean/var) get the same EMA; **all other buffers**
+      (integer counters such as ``num_batches_tracked``, non-persistent constants such as
+      input-normalisation tables) are copied from the student, so constants never drift.
+
+    ``forward`` runs the wrapped copy under ``torch.no_grad``; :meth:`train` never switches
+    dropout or DropPath back on.
 
     Example::
 
@@ -78,14 +96,17 @@ class EMATeacher(nn.Module):
         logits = teacher(target_images)["main"]
     """
 
-    def __init__(self, student: nn.Module, alpha: float = 0.999) -> None:
+    def __init__(self, student: nn.Module, alpha: float = 0.999, *, bn: str = "batch") -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if bn not in TEACHER_BN:
+            raise ValueError(f"bn must be one of {TEACHER_BN}, got {bn!r}")
         self.alpha = float(alpha)
+        self.bn = bn
         self.model = copy.deepcopy(student)
         self.model.requires_grad_(False)
-        self.model.eval()
+        self._predict_mode()
         # Which buffers are averaged is fixed by the architecture: decide once, by position in
         # ``buffers()`` order (the same order for the student, a DDP wrapper included).
         non_persistent = {
@@ -95,17 +116,27 @@ class EMATeacher(nn.Module):
         }
         self._ema_buffers: list[int] = []
         self._copied_buffers: list[int] = []
-        for i, (name, buf) in enumerate(self.model.named_buffers()):
-            if buf.is_floating_point() and name not in non_persistent:
-                self._ema_buffers.append(i)
-            else:
-                self._copied_buffers.append(i)
+        if bn == "ema":  # "batch": the teacher's buffers are its own, as in the references
+            for i, (name, buf) in enumerate(self.model.named_buffers()):
+                if buf.is_floating_point() and name not in non_persistent:
+                    self._ema_buffers.append(i)
+                else:
+                    self._copied_buffers.append(i)
+
+    def _predict_mode(self) -> None:
+        """Eval mode everywhere (``"ema"``) or everywhere but the normalisation layers that
+        have batch statistics (``"batch"``)."""
+        self.model.eval()
+        if self.bn == "batch":
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase):
+                    m.training = True
 
     def train(self, mode: bool = True) -> EMATeacher:
         # The teacher predicts pseudo-labels: dropout/DropPath must stay off whatever mode the
         # method is put in (DAFormer switches them off by hand before every teacher pass).
         self.training = mode
-        self.model.eval()
+        self._predict_mode()
         return self
 
     def alpha_at(self, step: int | Tensor) -> float | Tensor:
@@ -153,14 +184,14 @@ class EMATeacher(nn.Module):
             )
 
     def forward(self, *args: object, **kwargs: object) -> object:
-        """The teacher's prediction: the wrapped model in eval mode, without autograd."""
+        """The teacher's prediction, without autograd (dropout and DropPath off)."""
         if self.model.training:  # someone called .train() on the inner model directly
-            self.model.eval()
+            self._predict_mode()
         with torch.no_grad():
             return self.model(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}, bn={self.bn!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,11 +252,14 @@ def class_mix_masks(
     ============================================  ==========  ============  =================
     reference                                      per_image   count_ignore  candidates
     ============================================  ==========  ============  =================
-    DACS paper (default here)                      True        False         classes in image
-    DACS code (``trainUDA.py``)                    True        True          ``unique(label)``
+    DACS paper                                     True        False         classes in image
+    DACS code (``trainUDA.py``; the DACS recipe)   True        True          ``unique(label)``
     DAFormer / HRDA / MIC (``get_class_masks``)    False       True          ``unique(batch)``
     ============================================  ==========  ============  =================
 
+    The DACS code's ignore filter (``classes=classes[classes!=ignore_label]``) is commented
+    out, so its recipe default counts the ignore label (``uda.mix_count_ignore: true``);
+    ``false`` is the paper's "half of the classes of the source image".
     ``count_ignore=None`` resolves to ``not per_image``, so ``per_image=False`` reproduces
     DAFormer exactly: ``torch.unique(labels)`` of the *whole batch* (the ignore label counting
     as one more "class" when any pixel of the batch carries it), a fresh choice per image, and
@@ -447,6 +481,8 @@ def color_jitter(
     per_image: bool = False,
     convention: JitterConvention = "kornia",
     random_order: bool = True,
+    same_order: bool = False,
+    channels: ChannelOrder = "rgb",
 ) -> Tensor:
     """Colour jitter of the DACS/DAFormer strong transform (kornia ``ColorJitter(s, s, s, s)``).
 
@@ -466,20 +502,32 @@ def color_jitter(
       brightness multiplies, contrast and saturation blend with the grey mean / grey image.
 
     The hue op is the same HSV rotation in both. ``random_order=True`` applies the four ops
-    in a random order per image (kornia 0.5.8 draws ``randperm(4)`` per call, and DAFormer
-    calls it once per image; torchvision also permutes): each of the four slots then
-    evaluates all four ops and keeps one with ``torch.where`` (static shapes, ~4x the
-    arithmetic of a fixed order). ``random_order=False`` uses the fixed order brightness,
-    contrast, saturation, hue. The result is clamped to [0, 1].
+    in a random order per image (kornia 0.5.8 draws one ``randperm(4)`` per call, and DACS
+    and DAFormer call it once per image; torchvision also permutes): each of the four slots
+    then evaluates all four ops and keeps one with ``torch.where`` (static shapes, ~4x the
+    arithmetic of a fixed order). ``same_order=True`` draws one order for the whole batch, as
+    one kornia call on the batch does (MIC's masked images, ``masking_consistency_module.py``
+    calls ``strong_transform`` once on them). ``random_order=False`` uses the fixed order
+    brightness, contrast, saturation, hue. The result is clamped to [0, 1].
+
+    ``channels="bgr"`` jitters the images as if their channels were in BGR order: DACS
+    (``trainUDA.py`` -> ``transformsgpu.colorJitter``) hands kornia its BGR, mean-subtracted
+    input converted back to [0, 1], still in BGR order, so kornia's hue and saturation
+    formulas read blue as red. The images are flipped to BGR, jittered, and flipped back.
+    With the kornia convention only the hue op differs (the rotation runs the other way
+    round the colour wheel, the same as negating the hue factor); brightness, contrast and
+    HSV saturation do not depend on the channel order.
 
     Draws, in this order: the apply decision(s), the four factor vectors ``(B,)``, then (with
-    ``random_order``) ``(B, 4)`` permutation scores.
+    ``random_order``) ``(B, 4)`` permutation scores (``(1, 4)`` with ``same_order``).
     """
     _check_images(images)
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
     if convention not in ("kornia", "torchvision"):
         raise ValueError(f"convention must be 'kornia' or 'torchvision', got {convention!r}")
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
     b, dev = images.shape[0], images.device
     apply = _rand(generator, (b if per_image else 1,), dev) > p_skip
     lo = max(0.0, 1.0 - strength)
@@ -491,8 +539,10 @@ def color_jitter(
     fh = _rand(generator, (b,), dev, -hue, hue)
 
     x = _compute_dtype(images)
+    if channels == "bgr":
+        x = x.flip(1)
     if random_order:
-        order = _rand(generator, (b, 4), dev).argsort(dim=1)
+        order = _rand(generator, (1 if same_order else b, 4), dev).argsort(dim=1).expand(b, 4)
         for slot in range(4):
             hsv = _rgb_to_hsv(x)  # shared by the saturation (kornia) and hue candidates
             candidates = (
@@ -514,6 +564,8 @@ def color_jitter(
         x = _adjust_contrast(x, fc, convention)
         x = _adjust_saturation(x, fs, convention)
         x = _adjust_hue(x, fh)
+    if channels == "bgr":
+        x = x.flip(1)
     return torch.where(_per_image(apply), x.clamp(0.0, 1.0).to(images.dtype), images)
 
 
@@ -556,20 +608,24 @@ def gaussian_blur(
     p: float = 0.5,
     sigma_range: tuple[float, float] = (0.15, 1.15),
     per_image: bool = False,
+    same_sigma: bool = False,
 ) -> Tensor:
     """Gaussian blur of the DACS/DAFormer strong transform (kornia ``GaussianBlur2d``).
 
     Applied with probability ``p`` (DAFormer: ``blur > 0.5``, ``blur ~ U(0, 1)``), one decision
     per batch (DAFormer draws it once per iteration) or per image. Each image gets its own
-    ``sigma ~ U(sigma_range)`` (DAFormer draws it inside its per-image loop), the same in
-    both axes; kernel sizes from :func:`blur_kernel_size` of the height and the width.
+    ``sigma ~ U(sigma_range)`` (DACS and DAFormer draw it once per ``strong_transform`` call,
+    one call per mixed image), the same in both axes; ``same_sigma=True`` uses one sigma for
+    the whole batch (MIC calls ``strong_transform`` once on its masked batch). Kernel sizes
+    from :func:`blur_kernel_size` of the height and the width.
 
-    Draws, in this order: the apply decision(s), then ``sigma`` ``(B,)``.
+    Draws, in this order: the apply decision(s), then ``sigma`` ``(B,)`` (``(1,)`` with
+    ``same_sigma``).
     """
     _check_images(images)
     b, dev = images.shape[0], images.device
     apply = _rand(generator, (b if per_image else 1,), dev) < p
-    sigma = _rand(generator, (b,), dev, *sigma_range)
+    sigma = _rand(generator, (1 if same_sigma else b,), dev, *sigma_range).expand(b)
     blurred = _blur_with_sigma(_compute_dtype(images), sigma).to(images.dtype)
     return torch.where(_per_image(apply), blurred, images)
 
@@ -585,10 +641,18 @@ def strong_augment(
     per_image: bool = False,
     convention: JitterConvention = "kornia",
     random_order: bool = True,
+    same_order_and_sigma: bool = False,
+    channels: ChannelOrder = "rgb",
 ) -> Tensor:
     """DACS/DAFormer strong transform of the mixed images: colour jitter, then Gaussian blur
     (``strong_transform`` after ``one_mix``; MIC applies it to its masked images too).
-    ``blur=False`` skips the blur and its random draws (DAFormer's ``blur`` flag)."""
+    ``blur=False`` skips the blur and its random draws (DAFormer's ``blur`` flag).
+
+    ``same_order_and_sigma=False``: each image as its own ``strong_transform`` call (DACS and
+    DAFormer on their mixed images): its own jitter order and blur sigma. True: the batch as
+    one call (MIC on its masked images): one jitter order and one sigma for all images, the
+    jitter factors still per image (kornia's ``same_on_batch=False``). ``channels="bgr"``:
+    the jitter sees BGR images (DACS), see :func:`color_jitter`."""
     out = color_jitter(
         images,
         generator,
@@ -597,9 +661,13 @@ def strong_augment(
         per_image=per_image,
         convention=convention,
         random_order=random_order,
+        same_order=same_order_and_sigma,
+        channels=channels,
     )
     if blur:
-        out = gaussian_blur(out, generator, p=blur_p, per_image=per_image)
+        out = gaussian_blur(
+            out, generator, p=blur_p, per_image=per_image, same_sigma=same_order_and_sigma
+        )
     return out
 
 

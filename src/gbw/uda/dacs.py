@@ -18,13 +18,40 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gbw.uda.base import Batch, Step, UDAMethod, resize_to
-from gbw.uda.blocks import EMATeacher, class_mix_masks, mix, pseudo_labels, strong_augment
+from gbw.uda.base import (
+    Batch,
+    Step,
+    UDAMethod,
+    check_ce_reduction,
+    check_choice,
+    check_margins,
+    check_range,
+)
+from gbw.uda.blocks import (
+    TEACHER_BN,
+    EMATeacher,
+    class_mix_masks,
+    mix,
+    pseudo_labels,
+    strong_augment,
+)
+
+EMA_FIRST_UPDATES = ("copy", "half")
 
 
 @dataclass
 class DACSConfig:
+    """DACS settings; each default is what vikolss/DACS's code does (docs/recipe_options.md)."""
+
     ema_alpha: float = 0.99  # teacher EMA (DACS 0.99; DAFormer/HRDA/MIC 0.999)
+    # the teacher's first EMA update after optimiser step 0: copy = alpha_0 = 0, the student
+    # is copied (DACS trainUDA.py update_ema_variables(iteration=i_iter)); half = alpha_0 =
+    # 1/2, averaged with the initial weights (DAFormer dacs.py _update_ema(local_iter))
+    ema_first_update: str = "copy"
+    # batch: the teacher's BatchNorm uses the statistics of the batch it predicts, only the
+    # parameters are averaged (every reference: teacher in train mode, dropout off); ema: eval
+    # mode with BN running statistics averaged like the parameters (gbw's alternative)
+    teacher_bn: str = "batch"
     pseudo_threshold: float = 0.968  # confidence a pseudo-label pixel must reach to count
     pseudo_weighting: str = "fraction"  # fraction of confident pixels as the pixel weight
     # pixel rows/columns whose pseudo-labels are not trusted: top, bottom, left, right
@@ -32,13 +59,42 @@ class DACSConfig:
     pseudo_margins: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     mix_per_image: bool = True  # half the classes of each source image (DACS paper); False =
     # DAFormer's code, which draws from the classes of the whole source batch
-    color_jitter_strength: float = 0.2
+    # the ignore label is one of the classes ClassMix draws from (DACS trainUDA.py: the
+    # filter classes[classes != ignore_label] is commented out; DAFormer get_class_masks
+    # too); false: only real classes (the DACS paper's "half of the classes")
+    mix_count_ignore: bool = True
+    color_jitter_strength: float = 0.25  # DACS transformsgpu.colorJitter s=0.25 (DAFormer 0.2)
     color_jitter_p_skip: float = 0.2  # DAFormer's "p": jitter is applied with prob. 1 - p
     # kornia 0.5.8 (pinned by DAFormer/MIC) applies the four jitter ops in a random order;
     # False applies them in a fixed order, ~2x cheaper (the CPU demo uses it)
     color_jitter_random_order: bool = True
+    # bgr: the jitter sees the images in BGR order (DACS transformsgpu.colorJitter gets the
+    # BGR network input); rgb: in RGB order (DAFormer/MIC, mmseg's to_rgb=True)
+    color_jitter_channels: str = "bgr"
     blur: bool = True  # Gaussian blur with p = 0.5, sigma ~ U(0.15, 1.15)
     mix_loss_weight: float = 1.0
+    # cross-entropy reductions (gbw.weighting.losses): source = CrossEntropy2d, the mean over
+    # labelled pixels; mixed = CrossEntropyLoss2dPixelWiseWeighted, torch.mean over all pixels
+    src_ce_reduction: str = "labelled_mean"
+    mix_ce_reduction: str = "all_pixel_mean"
+    # logits upsampled with align_corners=True (DACS trainUDA.py interp); false: mmseg's
+    align_corners: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.ema_first_update, EMA_FIRST_UPDATES, "uda.ema_first_update")
+        check_choice(self.teacher_bn, TEACHER_BN, "uda.teacher_bn")
+        check_choice(self.color_jitter_channels, ("rgb", "bgr"), "uda.color_jitter_channels")
+        self.src_ce_reduction = check_ce_reduction(self.src_ce_reduction, "uda.src_ce_reduction")
+        self.mix_ce_reduction = check_ce_reduction(self.mix_ce_reduction, "uda.mix_ce_reduction")
+        check_range(self.ema_alpha, "uda.ema_alpha", 0.0, 1.0)
+        check_range(self.pseudo_threshold, "uda.pseudo_threshold", 0.0, 1.0)
+        check_choice(
+            self.pseudo_weighting, ("fraction", "per_pixel", "none"), "uda.pseudo_weighting"
+        )
+        check_margins(self.pseudo_margins, "uda.pseudo_margins")
+        check_range(self.color_jitter_strength, "uda.color_jitter_strength")
+        check_range(self.color_jitter_p_skip, "uda.color_jitter_p_skip", 0.0, 1.0)
+        check_range(self.mix_loss_weight, "uda.mix_loss_weight")
 
 
 class DACS(UDAMethod):
@@ -47,7 +103,7 @@ class DACS(UDAMethod):
 
     def __init__(self, model, cfg: DACSConfig, exp, weighting) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, exp, weighting)
-        self.teacher = EMATeacher(model, cfg.ema_alpha)
+        self.teacher = EMATeacher(model, cfg.ema_alpha, bn=cfg.teacher_bn)
         self._gen: torch.Generator | None = None
         self._gen_state: Tensor | None = None
 
@@ -66,7 +122,7 @@ class DACS(UDAMethod):
         ``valid`` (B, H, W): the loader's ``valid_pseudo_mask`` (HRDA/MIC draw the untrusted
         margins on the full image before cropping); the weight is zero outside it.
         """
-        logits = resize_to(self.teacher(image)["main"].float(), image.shape[-2:])
+        logits = self.resize_logits(self.teacher(image)["main"].float(), image.shape[-2:])
         labels, weight = pseudo_labels(
             logits,
             self.cfg.pseudo_threshold,
@@ -93,7 +149,11 @@ class DACS(UDAMethod):
             pseudo = self.pseudo_label(target["image"], target.get("valid_pseudo_mask"))
         pl, pw = pseudo
         m = class_mix_masks(
-            source["label"], gen, num_classes=self.num_classes, per_image=c.mix_per_image
+            source["label"],
+            gen,
+            num_classes=self.num_classes,
+            per_image=c.mix_per_image,
+            count_ignore=c.mix_count_ignore,
         )
         image = mix(m, source["image"], target["image"])
         label = mix(m, source["label"], pl)
@@ -105,6 +165,7 @@ class DACS(UDAMethod):
             jitter_p_skip=c.color_jitter_p_skip,
             blur=c.blur,
             random_order=c.color_jitter_random_order,
+            channels=c.color_jitter_channels,
         )
         return image, label, weight
 
@@ -117,20 +178,27 @@ class DACS(UDAMethod):
         label: Tensor,
         weight: Tensor | None = None,
         *,
+        reduction: str,
         features: bool = False,
+        fused_scale: float = 1.0,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
         """One forward pass and its class-weighted cross-entropy (HRDA adds its detail loss).
 
-        Returns ``(loss, logs, model output)``; the logs hold ``<term>.ce``.
+        ``reduction``: the term's (``uda.src_ce_reduction`` or ``uda.mix_ce_reduction``).
+        ``fused_scale`` multiplies the loss of the network's main output (here: the whole
+        loss; HRDA: the fused part only, as MIC's ``mask_lambda``). Returns ``(loss, logs,
+        model output)``; the logs hold the unscaled ``<term>.ce``.
         """
         out = self.model(image, return_features=True) if features else self.model(image)
-        logits = resize_to(out["main"], label.shape[-2:])
-        loss = self.weighting(term).cross_entropy(logits, label, weight)
-        return loss, {f"{term}.ce": loss.detach()}, out
+        logits = self.resize_logits(out["main"], label.shape[-2:])
+        loss = self.weighting(term).cross_entropy(logits, label, weight, reduction)
+        return fused_scale * loss, {f"{term}.ce": loss.detach()}, out
 
     def source_loss(self, source: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Step 1's loss on the labelled source images (DAFormer adds its feature distance)."""
-        loss, logs, _ = self.segmentation_loss("src", source["image"], source["label"])
+        loss, logs, _ = self.segmentation_loss(
+            "src", source["image"], source["label"], reduction=self.cfg.src_ce_reduction
+        )
         return loss, logs
 
     def target_consistency(
@@ -157,7 +225,9 @@ class DACS(UDAMethod):
             image, label, weight = self.mixed_batch(source, target, gen, pseudo)
 
         # 4. confidence-weighted cross-entropy on the mixed images
-        loss_mix, mix_logs, _ = self.segmentation_loss("mix", image, label, weight)
+        loss_mix, mix_logs, _ = self.segmentation_loss(
+            "mix", image, label, weight, reduction=self.cfg.mix_ce_reduction
+        )
         step.backward(self.cfg.mix_loss_weight * loss_mix)
         logs |= mix_logs
 
@@ -168,9 +238,11 @@ class DACS(UDAMethod):
         return logs
 
     def after_optimizer_step(self, step: Step) -> None:
-        # DAFormer updates the teacher at the start of iteration i with alpha_i; doing it
-        # after step i-1's optimiser step is the same update.
-        self.teacher.update(self._modules["model"], step.index + 1)
+        # DACS updates the teacher after optimiser step i with alpha = min(1 - 1/(i+1), alpha)
+        # ("copy": the first update copies the student). DAFormer updates it at the start of
+        # iteration i + 1 with min(1 - 1/(i+2), alpha), the same as here after step i ("half").
+        offset = 1 if self.cfg.ema_first_update == "half" else 0
+        self.teacher.update(self._modules["model"], step.index + offset)
 
     def generators(self) -> list[torch.Generator]:
         return [self._gen] if self._gen is not None else []

@@ -13,8 +13,12 @@ On top of :class:`gbw.uda.dacs.DACS` (EMA teacher, ClassMix, confidence-weighted
 Recipe values (``configs/daformer/*.yaml``): EMA alpha 0.999, pseudo-labels ignored in the
 top 15 / bottom 120 rows of each 512x512 target crop, ClassMix over the classes of the whole
 source batch (DAFormer's ``get_class_masks``), feature distance weight 0.005 on classes
-6, 7, 11-18 with ``scale_min_ratio`` 0.75. GBW weights the source and the mixed-target
-cross-entropy (terms ``src`` and ``mix``); the feature distance is not a class-wise loss.
+6, 7, 11-18 with ``scale_min_ratio`` 0.75. Where DAFormer's code differs from DACS's, the
+defaults follow DAFormer (``mmseg/models/uda/dacs.py``, ``mmseg/models/losses/
+cross_entropy_loss.py``): the first EMA update averages with weight 1/2, the jitter sees RGB
+images, every cross-entropy is mmseg's mean over all pixels, and logits are upsampled with
+``align_corners=False``. GBW weights the source and the mixed-target cross-entropy (terms
+``src`` and ``mix``); the feature distance is not a class-wise loss.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gbw.uda.base import Batch
+from gbw.uda.base import Batch, check_range
 from gbw.uda.blocks import downscale_label_ratio
 from gbw.uda.dacs import DACS, DACSConfig
 
@@ -39,12 +43,27 @@ class DAFormerConfig(DACSConfig):
     """DACS settings with DAFormer's values, plus the ImageNet feature distance."""
 
     ema_alpha: float = 0.999
+    # _init_ema_weights at iteration 0, then _update_ema(local_iter): alpha 1/2 after step 0
+    ema_first_update: str = "half"
     pseudo_margins: list[int] = field(default_factory=lambda: [15, 120, 0, 0])
     mix_per_image: bool = False  # DAFormer's code: classes drawn from the whole source batch
+    color_jitter_strength: float = 0.2  # color_jitter_strength in configs/_base_/uda/dacs.py
+    color_jitter_channels: str = "rgb"  # mmseg normalises RGB images (to_rgb=True)
+    # mmseg 0.16 CrossEntropyLoss: reduction 'mean' over all pixels, ignored ones as zeros
+    src_ce_reduction: str = "all_pixel_mean"
+    mix_ce_reduction: str = "all_pixel_mean"
+    align_corners: bool = False  # the decode heads' resize(..., align_corners=False)
     fd_lambda: float = 0.005  # weight of the feature distance (0 = off)
     fd_classes: list[int] = field(default_factory=lambda: list(FD_CLASSES))
     # a feature cell counts for a class only if the class covers this share of its pixels
     fd_scale_min_ratio: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.fd_lambda, "uda.fd_lambda")
+        check_range(self.fd_scale_min_ratio, "uda.fd_scale_min_ratio", 0.0, 1.0)
+        for c in self.fd_classes:
+            check_range(c, "uda.fd_classes[]", 0, 254, integer=True)
 
 
 class FrozenEncoder(nn.Module):
@@ -120,7 +139,11 @@ class DAFormer(DACS):
         # a) supervised cross-entropy on the source crops
         with_fd = self.imnet is not None
         loss, logs, out = self.segmentation_loss(
-            "src", source["image"], source["label"], features=with_fd
+            "src",
+            source["image"],
+            source["label"],
+            reduction=self.cfg.src_ce_reduction,
+            features=with_fd,
         )
         if with_fd:
             # b) thing-class ImageNet feature distance. DAFormer back-propagates it after the

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gbw.models.hrda import HRDAModel, crop_at
-from gbw.uda.base import resize_to
+from gbw.uda.base import check_range
 from gbw.uda.daformer import DAFormer, DAFormerConfig
 
 
@@ -42,6 +42,10 @@ class HRDAConfig(DAFormerConfig):
     pseudo_margins: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     hr_loss_weight: float = 0.1  # lambda_d: weight of the detail-crop loss (fused: 1 - it)
     share_weights: bool = False  # detail terms reuse the fused terms' class weights
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.hr_loss_weight, "uda.hr_loss_weight", 0.0, 1.0)
 
 
 class HRDA(DAFormer):
@@ -56,8 +60,6 @@ class HRDA(DAFormer):
                 f"method {exp.method!r} needs HRDA's multi-resolution network: set model.name to "
                 f"hrda_daformer_mitb5 (or hrda_daformer_mit), got {exp.model.name!r}"
             )
-        if not 0.0 <= cfg.hr_loss_weight <= 1.0:
-            raise ValueError(f"uda.hr_loss_weight must be in [0, 1], got {cfg.hr_loss_weight}")
         super().__init__(model, cfg, exp, weighting)
 
     def needs_multi_resolution(self, cfg: Any) -> bool:
@@ -78,26 +80,38 @@ class HRDA(DAFormer):
         label: Tensor,
         weight: Tensor | None = None,
         *,
+        reduction: str,
         features: bool = False,
+        fused_scale: float = 1.0,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
         net = self.net
         if not isinstance(net, HRDAModel):  # MIC on a single-resolution DAFormer
-            return super().segmentation_loss(term, image, label, weight, features=features)
+            return super().segmentation_loss(
+                term,
+                image,
+                label,
+                weight,
+                reduction=reduction,
+                features=features,
+                fused_scale=fused_scale,
+            )
         offset = net.random_detail_offset(
             image.shape, self.generator(image.device), device=image.device
         )
         out = self.model(image, return_features=features, detail_offset=offset)
         # a) cross-entropy of the fused prediction over the whole context crop
-        fused = resize_to(out["main"], label.shape[-2:])
-        loss_fused = self.weighting(term).cross_entropy(fused, label, weight)
+        fused = self.resize_logits(out["main"], label.shape[-2:])
+        loss_fused = self.weighting(term).cross_entropy(fused, label, weight, reduction)
         # b) cross-entropy of the detail crop's own prediction against the cropped labels
         hr_term = f"{term}_hr"
         label_d = crop_at(label, offset, net.detail_crop)
         weight_d = crop_at(weight, offset, net.detail_crop) if weight is not None else None
-        detail = resize_to(out["detail"], label_d.shape[-2:])
+        detail = self.resize_logits(out["detail"], label_d.shape[-2:])
         strategy = self.weighting(hr_term, reuse=term if self.cfg.share_weights else None)
-        loss_detail = strategy.cross_entropy(detail, label_d, weight_d)
+        loss_detail = strategy.cross_entropy(detail, label_d, weight_d, reduction)
         lam = self.cfg.hr_loss_weight
-        loss = (1 - lam) * loss_fused + lam * loss_detail
+        # HRDAHead.losses: loss_seg *= 1 - hr_loss_weight, hr.loss_seg *= hr_loss_weight;
+        # MIC then scales decode.loss_seg (the fused part) by mask_lambda (fused_scale)
+        loss = fused_scale * (1 - lam) * loss_fused + lam * loss_detail
         logs = {f"{term}.ce": loss_fused.detach(), f"{hr_term}.ce": loss_detail.detach()}
         return loss, logs, out

@@ -13,8 +13,14 @@ the *unmasked* target image, with the same confidence weights (``mask_alpha='sam
 ``mask_lambda = 1``; its own backward, after the mixed loss.
 
 With HRDA the masked loss is HRDA's fused + detail loss, so GBW weights two more terms:
-``masked`` and ``masked_hr``. MIC's code scales only the fused part by ``mask_lambda``; here
-the whole term is scaled (identical for the recipe's ``mask_lambda = 1``).
+``masked`` and ``masked_hr``. As MIC's code (``masked_loss['decode.loss_seg'] *=
+self.mask_lambda``), ``mask_lambda`` scales only the fused part of that loss by default
+(``uda.mask_lambda_scope: fused``; ``all`` scales the whole term, detail part included; the
+same for the recipe's ``mask_lambda = 1``). The masked images get their colour jitter and
+blur from one ``strong_transform`` call on the whole batch in MIC: one jitter order and one
+blur sigma for all of them (``uda.mask_aug_per_image: false``; ``true`` draws them per
+image, as the mixed images get them). The masked term's cross-entropy reduction is the mixed
+term's (``uda.mix_ce_reduction``, mmseg's mean over all pixels).
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import torch
 from torch import Tensor
 
 from gbw.models.hrda import HRDAModel
-from gbw.uda.base import Batch, Step
+from gbw.uda.base import Batch, Step, check_choice, check_range
 from gbw.uda.blocks import block_mask, strong_augment
 from gbw.uda.hrda import HRDA, HRDAConfig
 
 BASES = ("hrda", "daformer")
+MASK_LAMBDA_SCOPES = ("fused", "all")
 
 
 @dataclass
@@ -41,7 +48,21 @@ class MICConfig(HRDAConfig):
     mask_block_size: int = 64  # side of the square blocks in input pixels (DAFormer: 32)
     mask_ratio: float = 0.7  # share of blocks masked out
     mask_lambda: float = 1.0  # weight of the masked loss
+    # fused: mask_lambda scales the fused part of HRDA's masked loss only (MIC's code scales
+    # decode.loss_seg, not decode.hr.loss_seg); all: the whole masked term
+    mask_lambda_scope: str = "fused"
     mask_color_aug: bool = True  # own colour jitter + blur of the image before masking
+    # false: one jitter order and one blur sigma for the whole masked batch (MIC calls
+    # strong_transform once on it); true: drawn per image like the mixed images'
+    mask_aug_per_image: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.mask_lambda_scope, MASK_LAMBDA_SCOPES, "uda.mask_lambda_scope")
+        check_choice(self.base, BASES, "uda.base")
+        check_range(self.mask_ratio, "uda.mask_ratio", 0.0, 1.0, high_open=True)
+        check_range(self.mask_block_size, "uda.mask_block_size", 1, integer=True)
+        check_range(self.mask_lambda, "uda.mask_lambda")
 
 
 class MIC(HRDA):
@@ -52,17 +73,10 @@ class MIC(HRDA):
     name = "mic"
 
     def __init__(self, model, cfg: MICConfig, exp, weighting) -> None:  # type: ignore[no-untyped-def]
-        if cfg.base not in BASES:
-            raise ValueError(f"uda.base must be one of {BASES}, got {cfg.base!r}")
         if cfg.base == "daformer" and isinstance(model, HRDAModel):
             raise ValueError(
                 "uda.base=daformer needs a single-resolution network (model.name "
                 f"daformer_mitb5), got the HRDA network {exp.model.name!r}; use uda.base=hrda"
-            )
-        if not 0.0 <= cfg.mask_ratio < 1.0 or cfg.mask_block_size < 1:
-            raise ValueError(
-                f"uda.mask_ratio must be in [0, 1) and uda.mask_block_size >= 1, got "
-                f"{cfg.mask_ratio} and {cfg.mask_block_size}"
             )
         super().__init__(model, cfg, exp, weighting)
 
@@ -96,6 +110,8 @@ class MIC(HRDA):
                 jitter_p_skip=c.color_jitter_p_skip,
                 blur=True,
                 random_order=c.color_jitter_random_order,
+                same_order_and_sigma=not c.mask_aug_per_image,
+                channels=c.color_jitter_channels,
             )
         keep = block_mask(
             image.shape,
@@ -118,6 +134,15 @@ class MIC(HRDA):
         labels, weights = pseudo
         with torch.no_grad():
             image = self.masked_images(target["image"], gen)
-        loss, logs, _ = self.segmentation_loss("masked", image, labels, weights)
-        step.backward(self.cfg.mask_lambda * loss)
+        c = self.cfg
+        fused_only = c.mask_lambda_scope == "fused"
+        loss, logs, _ = self.segmentation_loss(
+            "masked",
+            image,
+            labels,
+            weights,
+            reduction=c.mix_ce_reduction,
+            fused_scale=c.mask_lambda if fused_only else 1.0,
+        )
+        step.backward(loss if fused_only else c.mask_lambda * loss)
         return logs

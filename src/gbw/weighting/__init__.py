@@ -7,7 +7,13 @@
 5. :mod:`~gbw.weighting.module`   - ``GBWCrossEntropy`` for someone else's training loop.
 """
 
-from gbw.weighting.losses import focal_loss, weighted_cross_entropy, weighted_entropy
+from gbw.weighting.losses import (
+    REDUCTIONS,
+    check_reduction,
+    focal_loss,
+    weighted_cross_entropy,
+    weighted_entropy,
+)
 from gbw.weighting.module import GBWCrossEntropy
 from gbw.weighting.qp import NEUTRAL_WEIGHT, project_simplex, solve_class_weights
 from gbw.weighting.signals import class_grad_sqnorms, entropy_grad_sqnorms
@@ -25,6 +31,7 @@ from gbw.weighting.strategies import (
 __all__ = [
     "GBW",
     "NEUTRAL_WEIGHT",
+    "REDUCTIONS",
     "WEIGHTINGS",
     "ClassWeighting",
     "Focal",
@@ -32,6 +39,7 @@ __all__ = [
     "InverseFrequency",
     "LossBasedWeighting",
     "NoWeighting",
+    "check_reduction",
     "class_grad_sqnorms",
     "entropy_grad_sqnorms",
     "focal_loss",

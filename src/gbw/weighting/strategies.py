@@ -82,7 +82,9 @@ class ClassWeighting:
         pixel_weight: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
-        """Cross-entropy weighted by this strategy (authors' reduction by default)."""
+        """Cross-entropy weighted by this strategy; ``reduction`` as in
+        :func:`gbw.weighted_cross_entropy` (PyTorch's ``"mean"`` by default; the recipes pass
+        their reference code's reduction by name)."""
         v = self.weights(logits, target, pixel_weight)
         return weighted_cross_entropy(logits, target, v, pixel_weight, self.ignore_index, reduction)
 
