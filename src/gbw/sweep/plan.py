@@ -17,6 +17,7 @@ Torch-free: the CLI's help and the planning of a sweep import no deep-learning s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Sequence
@@ -176,9 +177,14 @@ def validate(specs: Sequence[RunSpec], runs_dir: Path) -> list[ExperimentConfig]
     check_unique(specs)
     exps = []
     checked: set[tuple[str, str]] = set()
+    settings: dict[tuple, ExperimentConfig] = {}  # resolved once per setting, not per seed
     for spec in specs:
         where = f"run {spec.name}"
-        exp = spec.resolve(runs_dir)
+        key = (spec.config, tuple(spec.overrides))
+        if key not in settings:
+            settings[key] = load_config(spec.config, spec.overrides)
+        exp = copy.deepcopy(settings[key])
+        exp.seed, exp.name, exp.out_dir = spec.seed, spec.name, str(runs_dir.resolve())
         if exp.method not in METHODS:
             raise ConfigError(
                 f"{where}: unknown method {exp.method!r}; expected one of {sorted(METHODS)}"

@@ -243,32 +243,36 @@ def miou_table(a: SweepAnalysis, settings: Sequence[str] | None = None) -> str:
     rows = []
     for s in settings if settings is not None else a.settings:
         m, sd, n = a.summary[s]["mIoU"]
-        c = a.comparison(s)
-        if c is None:
+        comps = [c for c in a.comparisons if c.setting == s]
+        if not comps:
             rows.append([s, str(n), fmt_mean_std(m, sd), "(baseline)", "", "", ""])
-            continue
-        st = c.stats["mIoU"]
-        rows.append(
-            [
-                s,
-                str(n),
-                fmt_mean_std(m, sd),
-                c.baseline,
-                fmt_interval(st),
-                f"**{st.verdict}**",
-                ",".join(map(str, st.seeds)) or "-",
-            ]
-        )
+        for c in comps:  # one row per baseline the setting is compared with
+            st = c.stats["mIoU"]
+            rows.append(
+                [
+                    s,
+                    str(n),
+                    fmt_mean_std(m, sd),
+                    c.baseline,
+                    fmt_interval(st),
+                    f"**{st.verdict}**",
+                    ",".join(map(str, st.seeds)) or "-",
+                ]
+            )
     header = ["setting", "seeds", "target mIoU", "baseline", "Δ [95 % CI]", "verdict", "paired"]
     return md_table(header, rows)
 
 
 def class_table(
-    a: SweepAnalysis, what: str, settings: Sequence[str] | None = None, classes=None
+    a: SweepAnalysis,
+    what: str,
+    settings: Sequence[str] | None = None,
+    classes: Sequence[int] | None = None,
+    titles: Sequence[str] | None = None,
 ) -> str:
     """Classes x settings: mean ± std over seeds of ``what`` (IoU or recall)."""
     settings = list(settings if settings is not None else a.settings)
-    header = ["class", *(["src px %"] if a.share else []), *settings]
+    header = ["class", *(["src px %"] if a.share else []), *(titles or settings)]
     rows = []
     for c in classes if classes is not None else a.classes:
         row = [NAMES[c], *([f"{a.share[c]:.2f}"] if a.share else [])]
@@ -278,11 +282,19 @@ def class_table(
 
 
 def delta_table(
-    a: SweepAnalysis, what: str, comparisons: Sequence[Comparison] | None = None, classes=None
+    a: SweepAnalysis,
+    what: str,
+    comparisons: Sequence[Comparison] | None = None,
+    classes: Sequence[int] | None = None,
+    titles: Sequence[str] | None = None,
 ) -> str:
     """Classes x compared settings: Δ [95 % CI] of ``what``; bold where the interval excludes 0."""
     comps = list(comparisons if comparisons is not None else a.comparisons)
-    header = ["class", *(["src px %"] if a.share else []), *(c.setting for c in comps)]
+    names = [c.setting for c in comps]
+    names_ = [
+        c.setting if names.count(c.setting) == 1 else f"{c.setting} - {c.baseline}" for c in comps
+    ]
+    header = ["class", *(["src px %"] if a.share else []), *(titles or names_)]
     rows = []
     for cl in classes if classes is not None else a.classes:
         row = [NAMES[cl], *([f"{a.share[cl]:.2f}"] if a.share else [])]

@@ -270,6 +270,12 @@ def weight_spread(run_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _short(setting_lab: str) -> str:
+    """Column title of a study setting: its weighting, e.g. 'gbw', 'λ=0.1', 'none+rcs'."""
+    w = setting_lab.partition("/")[2]
+    return f"λ={w.removeprefix('gbw_mean_lam')}" if w.startswith("gbw_mean_lam") else w
+
+
 def _label(setting_lab: str) -> str:
     """Readable name of a study setting label, e.g. 'GBW as in the paper ... + RCS'."""
     w = setting_lab.partition("/")[2]
@@ -423,14 +429,15 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
         else:
             shown = [setting_label(s, w) for w in WEIGHTINGS]
         comps = [c for x in shown[1:] if (c := a.comparison(x, shown[0])) is not None]
+        short = [_short(x) for x in shown]
         for what in ("IoU", "recall"):
             lines += [
                 "",
                 f"### {title}: {what}",
                 "",
-                class_table(a, what, shown, rare),
+                class_table(a, what, shown, rare, short),
                 "",
-                delta_table(a, what, comps, rare),
+                delta_table(a, what, comps, rare, [f"Δ {_short(c.setting)}" for c in comps]),
             ]
 
     spread_rows = []
@@ -465,7 +472,7 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
                 "weighting",
                 "setting",
                 "term",
-                "mean max_c |v_c - 1| (interval)",
+                "mean max_c abs(v_c - 1) (interval)",
                 "mean std_c v_c (interval)",
                 "largest v_c (step)",
                 "mean over c of std_t v_c (step)",
