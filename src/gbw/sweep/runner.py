@@ -17,11 +17,11 @@ config in its folder: an error before anything runs, unless ``--overwrite`` rest
 Configs are compared without ``out_dir``, so a moved sweep folder still matches.
 
 Local runs go to ``--jobs`` worker processes (each imports torch once and trains its runs one
-after another with ``cores // jobs`` threads; on GPUs, worker ``k`` sees GPU ``k mod n`` through
-``CUDA_VISIBLE_DEVICES``). A failed run is reported with its log and the others go on; the exit
-code is 1 if any run failed. SIGTERM or Ctrl-C stops the workers (their runs keep their last
-checkpoint) and the same command continues the sweep; on Linux the workers also stop when the
-sweep process is killed outright (SIGKILL).
+after another with ``cores // jobs`` threads, at most ``$OMP_NUM_THREADS``; on GPUs, worker
+``k`` sees GPU ``k mod n`` through ``CUDA_VISIBLE_DEVICES``). A failed run is reported with its
+log and the others go on; the exit code is 1 if any run failed. SIGTERM or Ctrl-C stops the
+workers (their runs keep their last checkpoint) and the same command continues the sweep; on
+Linux the workers also stop when the sweep process is killed outright (SIGKILL).
 """
 
 from __future__ import annotations
@@ -251,6 +251,14 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_threads(jobs: int) -> int:
+    """Threads per local worker: the usable cores shared by the jobs, at most
+    ``$OMP_NUM_THREADS`` when that is set (more threads than cores only slow CPU runs down)."""
+    threads = max(1, _usable_cores() // jobs)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(env)) if env.isdigit() and int(env) > 0 else threads
+
+
 def _gpu_ids(planned: Sequence[PlannedRun]) -> list[str]:
     """The GPUs the workers share round-robin; none if every run is on the CPU."""
     if all(p.exp.train.accelerator == "cpu" for p in planned):
@@ -289,7 +297,7 @@ class _Worker:
 def _run_local(out: Path, todo: Sequence[tuple[PlannedRun, bool]], jobs: int, log: Any) -> None:
     """Train ``(run, fresh)`` pairs on ``jobs`` local worker processes; sets each run's status."""
     ctx = mp.get_context("spawn")
-    threads = max(1, _usable_cores() // jobs)
+    threads = worker_threads(jobs)
     gpus = _gpu_ids([p for p, _ in todo])
     pending = deque(todo)
     slots: list[_Worker | None] = [None] * min(jobs, len(todo))
@@ -416,7 +424,10 @@ def run_sweep(
             with _signals_raise():
                 if todo and launcher == "local":
                     cores = _usable_cores()
-                    log(f"training {len(todo)} runs on {jobs} local worker(s), {cores} cores")
+                    log(
+                        f"training {len(todo)} runs on {jobs} local worker(s) with "
+                        f"{worker_threads(jobs)} thread(s) each ({cores} cores)"
+                    )
                     _run_local(out, todo, jobs, log)
                 elif todo and launcher == "slurm":
                     from gbw.sweep.slurm import run_submitit

@@ -44,19 +44,24 @@ def _exclusive(lock_file: Path) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def _output_to(log_file: Path) -> Iterator[None]:
-    """Send file descriptors 1 and 2 (print, logging, C libraries) to ``log_file``."""
+    """Send ``sys.stdout``/``sys.stderr`` (print, logging, tqdm) and file descriptors 1 and 2
+    (C libraries) to ``log_file``, appending."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    streams = sys.stdout, sys.stderr
+    stream = open(fd, "a", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        sys.stdout = sys.stderr = stream
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        stream.flush()
+        sys.stdout, sys.stderr = streams
+        stream.close()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for d in (fd, *saved):
