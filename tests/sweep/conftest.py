@@ -1,4 +1,5 @@
-"""A quick MiniCity copy and a tiny experiment file for sweeps (a sweep starts from a YAML)."""
+"""A tiny experiment file for sweeps (a sweep starts from a YAML) on the quick MiniCity copy
+of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -6,15 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-
-@pytest.fixture(scope="session")
-def minicity_root(tmp_path_factory) -> str:
-    from gbw.data.minicity import ensure_minicity
-
-    root = tmp_path_factory.mktemp("minicity")
-    ensure_minicity(root, seed=0, size="quick")
-    return str(root)
 
 
 @pytest.fixture

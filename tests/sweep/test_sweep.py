@@ -18,7 +18,6 @@ def _sweep(cfg, out, *args: str) -> int:
     return main(["sweep", str(cfg), *args, "--out", str(out)])
 
 
-@pytest.mark.slow
 def test_sweep_trains_skips_and_reports(tiny_yaml, tmp_path, capsys):
     cfg = tiny_yaml(method="dacs")
     out = tmp_path / "sw"

@@ -12,7 +12,6 @@ from gbw.cli import main
 pytest.importorskip("submitit")
 
 
-@pytest.mark.slow
 def test_submitit_local_executor_runs_the_sweep(tiny_yaml, tmp_path, capsys):
     cfg = tiny_yaml()
     out = tmp_path / "sw"

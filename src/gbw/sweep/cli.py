@@ -64,15 +64,40 @@ def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _slurm_options(args: argparse.Namespace) -> dict:
+def launch_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`gbw.sweep.runner.run_sweep` given on the command line."""
     return {
-        "cluster": args.submitit_cluster,
-        "partition": args.slurm_partition,
-        "time_min": args.slurm_time,
-        "gpus": args.slurm_gpus,
-        "cpus": args.slurm_cpus,
-        "mem_gb": args.slurm_mem_gb,
+        "jobs": args.jobs,
+        "launcher": args.launcher,
+        "overwrite": args.overwrite,
+        "dry_run": args.dry_run,
+        "slurm": {
+            "cluster": args.submitit_cluster,
+            "partition": args.slurm_partition,
+            "time_min": args.slurm_time,
+            "gpus": args.slurm_gpus,
+            "cpus": args.slurm_cpus,
+            "mem_gb": args.slurm_mem_gb,
+        },
     }
+
+
+def _interruptible(command):
+    """A killed sweep (SIGTERM, Ctrl-C) exits with 128 + signal and says how to continue."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gbw.sweep.runner import SweepInterrupted
+
+        try:
+            return command(args)
+        except SweepInterrupted as exc:
+            print(
+                f"gbw {args.command} interrupted ({exc}); run the same command again to continue",
+                file=sys.stderr,
+            )
+            return 128 + exc.signum
+
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -111,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "first value of the first grid)",
     )
     _add_launch_arguments(p)
-    p.set_defaults(func=_cmd_sweep)
+    p.set_defaults(func=_interruptible(_cmd_sweep))
 
     p = subparsers.add_parser(
         "study",
@@ -139,14 +164,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where MiniCity is generated and cached (default: ~/.cache/gbw)",
     )
     _add_launch_arguments(p)
-    p.set_defaults(func=_cmd_study)
+    p.set_defaults(func=_interruptible(_cmd_study))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gbw.sweep.plan import expand, parse_grid, parse_seeds
-    from gbw.sweep.runner import SweepInterrupted, run_sweep
+    from gbw.sweep.runner import run_sweep
 
     grids = [parse_grid(g) for g in args.grid]
     seeds = parse_seeds(args.seeds)
@@ -170,25 +195,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         "seeds": seeds,
         "baseline": args.baseline,
     }
-    try:
-        result = run_sweep(
-            specs,
-            out,
-            info=info,
-            jobs=args.jobs,
-            launcher=args.launcher,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
-            slurm=_slurm_options(args),
-        )
-    except SweepInterrupted as exc:
-        print(f"sweep interrupted ({exc}); run the same command again to continue", file=sys.stderr)
-        return 128 + exc.signum
+    result = run_sweep(specs, out, info=info, **launch_options(args))
     return 1 if result.failed else 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from gbw.sweep.study import run_study
 
-    args.slurm = _slurm_options(args)
-    return run_study(args)
+    return run_study(args, launch_options(args))

@@ -154,9 +154,12 @@ def plan_study(
     return StudyPlan(specs, comparisons, seeds, lam_seeds, configs)
 
 
-def run_study(args: Any) -> int:
-    """``gbw study``: run (or continue) the study's sweep, then write ``DIR/study.md``."""
-    from gbw.sweep.runner import SweepInterrupted, run_sweep
+def run_study(args: Any, launch: dict[str, Any]) -> int:
+    """``gbw study``: run (or continue) the study's sweep, then write ``DIR/study.md``.
+
+    ``launch``: :func:`gbw.sweep.runner.run_sweep`'s jobs, launcher, overwrite, dry_run, slurm.
+    """
+    from gbw.sweep.runner import run_sweep
 
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -181,21 +184,8 @@ def run_study(args: Any) -> int:
         "baseline": None,
         "comparisons": plan.comparisons,
     }
-    try:
-        result = run_sweep(
-            plan.specs,
-            out,
-            info=info,
-            jobs=args.jobs,
-            launcher=args.launcher,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
-            slurm=getattr(args, "slurm", None),
-        )
-    except SweepInterrupted as exc:
-        print(f"study interrupted ({exc}); run the same command again to continue")
-        return 128 + exc.signum
-    if args.dry_run:
+    result = run_sweep(plan.specs, out, info=info, **launch)
+    if launch.get("dry_run"):
         return 0
     trained = sum(p.state != "finished" for p in result.runs)
     wall = _record_wall_time(out, started, time.perf_counter() - t0, trained)
