@@ -409,6 +409,10 @@ def run_sweep(
         return result
     for sub in ("configs", "runs", "logs", ".locks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    # CPU results depend on the thread count (reduction order): the manifest records it
+    info = {**info, "launcher": launcher, "jobs": jobs}
+    if launcher == "local":
+        info["threads_per_run"] = worker_threads(jobs)
     with sweep_lock(out):
         import yaml
 

@@ -312,7 +312,14 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
         f"Machine: {_machine()}. Date: {time.strftime('%Y-%m-%d')}. "
         f"torch {torch.__version__}, gbw {gbw.__version__}, Python {platform.python_version()}.",
         f"Wall time: {total_s / 60:.1f} min over {len(wall['invocations'])} invocation(s) of "
-        f"`gbw study`. Runs: {len(done)} of {len(runs)} finished.",
+        f"`gbw study`. Runs: {len(done)} of {len(runs)} finished, {manifest.get('jobs')} at "
+        f"once ({manifest.get('launcher')} launcher"
+        + (
+            f", {manifest['threads_per_run']} thread(s) each"
+            if manifest.get("threads_per_run")
+            else ""
+        )
+        + "; CPU results depend on the thread count).",
         f"Configs (network, data, per-run budget): {cfg_note}"
         + (f"; --quick overrides: `{' '.join(QUICK_OVERRIDES)}`" if manifest["quick"] else "")
         + ".",
