@@ -241,11 +241,13 @@ def left_out_note(c: Comparison, key: str = "mIoU") -> str:
 def miou_table(a: SweepAnalysis, settings: Sequence[str] | None = None) -> str:
     """Per setting: seeds, mIoU mean ± std, and against its baseline Δ [95 % CI] and verdict."""
     rows = []
+    bases = {c.baseline for c in a.comparisons}
     for s in settings if settings is not None else a.settings:
         m, sd, n = a.summary[s]["mIoU"]
         comps = [c for c in a.comparisons if c.setting == s]
         if not comps:
-            rows.append([s, str(n), fmt_mean_std(m, sd), "(baseline)", "", "", ""])
+            role = "(baseline)" if s in bases else "(none to compare with)"
+            rows.append([s, str(n), fmt_mean_std(m, sd), role, "", "", ""])
         for c in comps:  # one row per baseline the setting is compared with
             st = c.stats["mIoU"]
             rows.append(
@@ -327,10 +329,13 @@ def write_sweep_report(
         pairs = baseline_pairs(settings, values, spec) if spec else []
     a = analyse(runs, pairs)
     done = [r for r in runs if r.metrics is not None]
+    config = manifest.get("config")
+    if isinstance(config, dict):  # a study: one config per setting
+        config = ", ".join(str(v) for v in config.values())
     lines = [
         f"# Sweep `{out}`",
         "",
-        f"Config: `{manifest.get('config')}`"
+        f"Config: `{config}`"
         + (f"; overrides: `{' '.join(manifest['overrides'])}`" if manifest.get("overrides") else "")
         + "; grids: "
         + (

@@ -434,7 +434,12 @@ def run_sweep(
                     )
                     _run_local(out, todo, jobs, log)
                 elif todo and launcher == "slurm":
-                    from gbw.sweep.slurm import run_submitit
+                    try:
+                        from gbw.sweep.slurm import run_submitit
+                    except ImportError as exc:
+                        raise ConfigError(
+                            f"--launcher slurm needs submitit ({exc}); pip install 'gbw[slurm]'"
+                        ) from None
 
                     run_submitit(out, todo, jobs, slurm or {}, log)
                 elif todo:

@@ -1,11 +1,12 @@
 """``gbw sweep --launcher slurm``: the same runs as SLURM jobs, through submitit.
 
 Every run that is not finished becomes one job of one job array (at most ``--jobs`` at once,
-``slurm_array_parallelism``), each on one task with the GPUs, CPUs, memory and time limit
-given. A job calls :func:`gbw.sweep.worker.run_one` - the code a local worker runs - so it
-resumes from the run's last checkpoint; on a time-out or pre-emption submitit requeues it and
-the requeued job continues from that checkpoint. The sweep process waits for all jobs, then
-writes the manifest and the report. submitit keeps its own files in ``DIR/submitit/``.
+``slurm_array_parallelism``; submitit's local executor starts them all at once), each on one
+task with the GPUs, CPUs, memory and time limit given. A job calls
+:func:`gbw.sweep.worker.run_one` - the code a local worker runs - so it resumes from the run's
+last checkpoint; on a time-out or pre-emption submitit requeues it and the requeued job
+continues from that checkpoint. The sweep process waits for all jobs, then writes the
+manifest and the report. submitit keeps its own files in ``DIR/submitit/``.
 
 After a sweep process is stopped, its submitted jobs keep running on the cluster; a second
 ``gbw sweep`` on the same folder while they run would find their runs locked (they fail fast
