@@ -24,6 +24,8 @@ def test_submitit_local_executor_runs_the_sweep(tiny_yaml, tmp_path, capsys):
         assert (out / "runs" / name / "metrics.json").exists()
         assert "=== finished" in (out / "logs" / f"{name}.log").read_text()
     assert any((out / "submitit").iterdir())  # submitit's own job files
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert all(r["job"] and r["status"] == "finished" for r in runs)  # job ids, for scancel
     data = json.loads((out / "sweep.json").read_text())
     assert [s["seeds"] for s in data["settings"]] == [[1, 2]]
     assert main(["sweep", *args]) == 0  # nothing left to submit

@@ -65,6 +65,7 @@ class PlannedRun:
     status: str = ""  # after this invocation: finished | failed | interrupted | pending
     error: str = ""
     seconds: float = 0.0
+    job: str = ""  # the SLURM job id (--launcher slurm)
 
     def task(self, out: Path, fresh: bool) -> dict[str, Any]:
         name = self.spec.name
@@ -188,6 +189,8 @@ def write_manifest(out: Path, info: dict[str, Any], planned: Sequence[PlannedRun
         }
         if p.error:
             entry["error"] = p.error
+        if p.job:
+            entry["job"] = p.job
         runs.append(entry)
     data = {
         "format": 1,
@@ -294,8 +297,15 @@ class _Worker:
         self.conn.close()
 
 
-def _run_local(out: Path, todo: Sequence[tuple[PlannedRun, bool]], jobs: int, log: Any) -> None:
-    """Train ``(run, fresh)`` pairs on ``jobs`` local worker processes; sets each run's status."""
+def _run_local(
+    out: Path,
+    todo: Sequence[tuple[PlannedRun, bool]],
+    jobs: int,
+    log: Any,
+    on_done: Any = lambda: None,
+) -> None:
+    """Train ``(run, fresh)`` pairs on ``jobs`` local worker processes; sets each run's status
+    and calls ``on_done()`` after each run."""
     ctx = mp.get_context("spawn")
     threads = worker_threads(jobs)
     gpus = _gpu_ids([p for p, _ in todo])
@@ -329,6 +339,7 @@ def _run_local(out: Path, todo: Sequence[tuple[PlannedRun, bool]], jobs: int, lo
             left = (time.perf_counter() - t_start) / n_done * (total - n_done)
             eta = f"; about {left / 60:.0f} min left" if left > 120 else f"; {left:.0f} s left"
         log(f"[{n_done}/{total}] {run.spec.name}: {what}{eta}")
+        on_done()
 
     try:
         while pending or any(s is not None and s.run is not None for s in slots):
@@ -432,7 +443,7 @@ def run_sweep(
                         f"training {len(todo)} runs on {jobs} local worker(s) with "
                         f"{worker_threads(jobs)} thread(s) each ({cores} cores)"
                     )
-                    _run_local(out, todo, jobs, log)
+                    _run_local(out, todo, jobs, log, lambda: write_manifest(out, info, planned))
                 elif todo and launcher == "slurm":
                     try:
                         from gbw.sweep.slurm import run_submitit
@@ -441,7 +452,14 @@ def run_sweep(
                             f"--launcher slurm needs submitit ({exc}); pip install 'gbw[slurm]'"
                         ) from None
 
-                    run_submitit(out, todo, jobs, slurm or {}, log)
+                    run_submitit(
+                        out,
+                        todo,
+                        jobs,
+                        slurm or {},
+                        log,
+                        lambda: write_manifest(out, info, planned),
+                    )
                 elif todo:
                     raise ConfigError(f"--launcher {launcher!r}: expected local or slurm")
         finally:

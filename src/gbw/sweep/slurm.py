@@ -58,12 +58,21 @@ def make_executor(out: Path, jobs: int, options: dict[str, Any]) -> submitit.Exe
 
 
 def run_submitit(
-    out: Path, todo: Sequence[tuple[Any, bool]], jobs: int, options: dict[str, Any], log: Any
+    out: Path,
+    todo: Sequence[tuple[Any, bool]],
+    jobs: int,
+    options: dict[str, Any],
+    log: Any,
+    on_done: Any = lambda: None,
 ) -> None:
-    """Submit ``(run, fresh)`` pairs, wait for them and set each run's status."""
+    """Submit ``(run, fresh)`` pairs, wait for them and set each run's status (and job id in
+    the manifest: ``on_done()`` after the submission and after each job)."""
     executor = make_executor(out, jobs, options)
     with executor.batch():
         submitted = [(r, executor.submit(TrainJob(), r.task(out, fresh))) for r, fresh in todo]
+    for run, job in submitted:
+        run.job = str(job.job_id)
+    on_done()
     ids = ", ".join(job.job_id for _, job in submitted[:5]) + (
         ", ..." if len(submitted) > 5 else ""
     )
@@ -80,3 +89,4 @@ def run_submitit(
         run.seconds = float(result.get("seconds", 0.0))
         what = "finished" if run.status == "finished" else f"FAILED ({run.error})"
         log(f"[{n}/{len(submitted)}] {run.spec.name} (job {job.job_id}): {what}")
+        on_done()
