@@ -195,7 +195,7 @@ def analyse(runs: Sequence[SweepRun], pairs: Sequence[tuple[str, str]]) -> Sweep
 
         try:
             cfg = from_dict(yaml.safe_load((done[0].run_dir / "config.yaml").read_text()))
-            share = source_share(cfg)
+            share = source_share(cfg) if _source_data_present(cfg) else None
         except (OSError, ValueError, ConfigError):
             share = None
         if share:
@@ -219,6 +219,16 @@ def analyse(runs: Sequence[SweepRun], pairs: Sequence[tuple[str, str]]) -> Sweep
         stats = {k: paired_comparison(a.per_seed(s, k), a.per_seed(b, k)) for k in keys}
         a.comparisons.append(Comparison(s, b, stats))
     return a
+
+
+def _source_data_present(cfg: Any) -> bool:
+    """A report never generates MiniCity just to sort its classes (a copied sweep folder)."""
+    spec = cfg.data.source
+    if spec.name != "minicity":
+        return True
+    from gbw.data.minicity import minicity_dir
+
+    return minicity_dir(spec.root or None, 0, cfg.data.minicity_size).exists()
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
