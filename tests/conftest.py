@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session")
+def minicity_root(tmp_path_factory) -> str:
+    """A quick MiniCity copy, generated once per test session."""
+    from gbw.data.minicity import ensure_minicity
+
+    root = tmp_path_factory.mktemp("minicity")
+    ensure_minicity(root, seed=0, size="quick")
+    return str(root)
+
+
 @pytest.fixture
 def train_two_processes() -> Callable[[Path, list[str]], subprocess.CompletedProcess]:
     """``run(config, overrides)``: ``gbw train`` with 2 CPU processes (DDP over gloo), the way

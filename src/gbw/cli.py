@@ -7,6 +7,8 @@ gbw predict RUN IMAGES... --out DIR   masks for images and folders (colour, trai
 gbw convert CKPT --arch A --out F  released DAFormer/HRDA/MIC checkpoints -> gbw weights
 gbw data prepare|check DATASET    prepare and check GTA5 / SYNTHIA / Cityscapes
 gbw report RUN [RUN ...]          tables and plots comparing runs
+gbw sweep CONFIG --seeds --grid   a grid of settings x seeds, resumable; gbw report --sweep DIR
+gbw study                         the paper's analysis on MiniCity (paired over seeds)
 gbw bench overhead|step           speed and memory measurements
 """
 
@@ -71,6 +73,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.sweep and args.runs:
+        args.parser.error("give run folders or --sweep DIR, not both")
+    if args.sweep:
+        from gbw.sweep.report import write_sweep_report
+
+        write_sweep_report(args.sweep, baseline=args.baseline, report_dir=args.out)
+        return 0
+    if not args.runs or not args.out:
+        args.parser.error("give run folders and --out, or --sweep DIR")
     from gbw.analysis.report import report_runs
 
     report_runs(args.runs, args.out, baseline=args.baseline)
@@ -180,14 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     register_data(sub)
 
     p = sub.add_parser("report", help="compare runs: per-class tables and GBW weight plots")
-    p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--out", required=True, help="output folder for report.md, CSV and PNGs")
+    p.add_argument("runs", nargs="*", help="run folders (not with --sweep)")
+    p.add_argument(
+        "--out", default=None, help="output folder for report.md, CSV and PNGs (--sweep: DIR)"
+    )
     p.add_argument(
         "--baseline",
         default=None,
-        help="run folder the others are compared with (default: the first)",
+        help="run folder the others are compared with (default: the first); with --sweep: "
+        "the baseline setting as KEY=VALUE, e.g. weighting.name=none",
     )
-    p.set_defaults(func=_cmd_report)
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="DIR",
+        help="report a gbw sweep / gbw study folder: mean ± std over seeds, paired deltas "
+        "with 95 %% intervals and verdicts (sweep.md, sweep.csv, sweep.json)",
+    )
+    p.set_defaults(func=_cmd_report, parser=p)
+
+    from gbw.sweep.cli import register as register_sweep
+
+    register_sweep(sub)
 
     from gbw.bench import add_bench_arguments
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a quick MiniCity copy and tiny experiment configs."""
+"""Shared fixtures: tiny experiment configs (the quick MiniCity copy is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,6 @@ import pytest
 
 from gbw.config import ExperimentConfig, load_config
 from tiny_networks import tinyseg
-
-
-@pytest.fixture(scope="session")
-def minicity_root(tmp_path_factory) -> str:
-    from gbw.data.minicity import ensure_minicity
-
-    root = tmp_path_factory.mktemp("minicity")
-    ensure_minicity(root, seed=0, size="quick")
-    return str(root)
 
 
 @pytest.fixture

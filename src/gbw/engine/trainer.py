@@ -192,10 +192,14 @@ def _versions() -> dict[str, str]:
 
 def _find_resume(run_dir: Path, resume: bool | str) -> Path | None:
     """The checkpoint to resume from: ``resume=True``/``"last"`` -> the run's last.ckpt,
-    a path -> that file; an error when there is none (never a silent start at step 0)."""
+    a path -> that file; an error when there is none (never a silent start at step 0).
+    ``"auto"`` (sweeps, the demo) resumes when last.ckpt exists and starts fresh otherwise."""
     if not resume:
         return None
-    if isinstance(resume, str) and resume not in ("", "auto", "last"):
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    if isinstance(resume, str) and resume not in ("", "last"):
         path = Path(resume)
         if not path.is_file():
             raise CheckpointError(f"{resume}: checkpoint to resume from not found")
@@ -265,9 +269,10 @@ def train(
     """Train ``exp`` in ``run_dir`` (default ``out_dir/name``).
 
     ``resume=True`` continues from ``<run_dir>/checkpoints/last.ckpt`` (an error if there is
-    none), ``resume=<path>`` from that checkpoint. Everything that can fail on bad input (the
-    config, the checkpoint, the model and its pretrained weights, the datasets) is checked
-    before the run folder is created or changed (:mod:`gbw.engine.run_folder`).
+    none), ``resume="auto"`` from it when it exists, ``resume=<path>`` from that checkpoint.
+    Everything that can fail on bad input (the config, the checkpoint, the model and its
+    pretrained weights, the datasets) is checked before the run folder is created or changed
+    (:mod:`gbw.engine.run_folder`).
     """
     validate(exp)
     fabric = _make_fabric(exp)
