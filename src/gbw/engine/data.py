@@ -101,7 +101,7 @@ class InMemory(Dataset):
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset = dataset
         self.transform = dataset.transform
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cache: dict[int, tuple[np.ndarray | None, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -110,18 +110,17 @@ class InMemory(Dataset):
     def with_labels(self) -> bool:
         return self.dataset.with_labels
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def load(self, index: int) -> tuple[np.ndarray | None, ...]:
         """The decoded arrays of sample ``index`` (decoded once, then from RAM)."""
         if index not in self._cache:
             self._cache[index] = self.dataset.load(index)
         return self._cache[index]
 
-    def make_sample(self, index: int, image: np.ndarray, label: np.ndarray | None) -> Any:
-        return self.dataset.make_sample(index, image, label)
+    def make_sample(self, index: int, *arrays: np.ndarray | None) -> Any:
+        return self.dataset.make_sample(index, *arrays)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.load(index)
-        return self.make_sample(index, image, label)  # type: ignore[return-value]
+        return self.make_sample(index, *self.load(index))  # type: ignore[return-value]
 
 
 class SeededSamples(Dataset):
