@@ -274,6 +274,31 @@ def _hrda_daformer_mit(
     return build_hrda_daformer(num_classes, weights=weights, **kwargs)
 
 
+def _edaps_mitb5(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> SegmentationModel:
+    return _edaps_mit(num_classes, weights=weights, encoder="b5", **kwargs)
+
+
+def _edaps_mit(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> SegmentationModel:
+    from gbw.models.edaps import EDAPS
+    from gbw.models.mit import load_mit_weights
+
+    model = EDAPS(num_classes, **kwargs)
+    if weights is not None:
+        log.info(load_mit_weights(model.backbone, weights).summary())
+    return model
+
+
+def _edaps_tiny(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
+    from gbw.models.edaps import TINY_DAFORMER, TINY_INSTANCE
+
+    instance = {**TINY_INSTANCE, **kwargs.pop("instance", {})}
+    return _edaps_mit(num_classes, **{**TINY_DAFORMER, **kwargs, "instance": instance})
+
+
 def _tinyseg(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
     from gbw.models.tiny import TinySeg
 
@@ -287,6 +312,9 @@ MODELS: dict[str, Callable[..., SegmentationModel]] = {
     "daformer_mit": _daformer_mit,
     "hrda_daformer_mitb5": _hrda_daformer_mitb5,  # HRDA's multi-resolution DAFormer
     "hrda_daformer_mit": _hrda_daformer_mit,
+    "edaps_mitb5": _edaps_mitb5,  # EDAPS: DAFormer + Mask R-CNN style instance decoder
+    "edaps_mit": _edaps_mit,
+    "edaps_tiny": _edaps_tiny,  # EDAPS on the tiny MiT, for the CPU
     "tinyseg": _tinyseg,
 }
 
