@@ -65,6 +65,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     val = build_dataset(exp.data.val, exp, train=False, with_labels=True)
     classes = eval_classes(val, exp.eval.classes)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else None
+    if exp.data.val.panoptic:  # PQ/SQ/RQ of the fused panoptic maps
+        from gbw.engine.evaluate_panoptic import eval_command
+
+        return eval_command(args, exp, model, state, val, classes, device, autocast)
     metrics = evaluate(
         model,
         val,

@@ -43,6 +43,9 @@ class DatasetSpec:
     # cropped with the image (HRDA/MIC target: [30, 240, 30, 30]); real datasets only
     pseudo_margins: list[int] | None = None
     subset: int = 0  # use only the first N images (0 = all)
+    # panoptic maps with the labels (gbw.data.panoptic): source -> detection targets,
+    # val -> PQ/SQ/RQ evaluation; real datasets need `gbw data prepare --panoptic`
+    panoptic: bool = False
 
 
 @dataclass
@@ -123,6 +126,17 @@ class TrainConfig:
 
 
 @dataclass
+class FusionConfig:
+    """How a panoptic model's semantic and instance outputs become one map (EDAPS's merge,
+    gbw.models.panoptic_fusion): detections with ``score >= score_threshold`` are pasted,
+    stuff classes under ``stuff_area`` pixels become void."""
+
+    score_threshold: float = 0.95
+    stuff_area: int = 2048  # at the evaluated (label) resolution; EDAPS at 2048x1024
+    order: str = "score"  # score (higher score wins) | reference (EDAPS's class-by-class loop)
+
+
+@dataclass
 class EvalConfig:
     mode: str = "whole"  # whole | slide
     resize: list[int] | None = None  # (W, H) network input, e.g. [1024, 512]; None = as is
@@ -131,6 +145,7 @@ class EvalConfig:
     classes: str = "dataset"  # dataset | 19 | 16 | 13: classes in the mean IoU
     batch_size: int = 1
     subset: int = 0  # evaluate the first N images only (0 = all)
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # panoptic runs only
 
 
 @dataclass

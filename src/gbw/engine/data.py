@@ -46,14 +46,28 @@ def build_dataset(
             photometric=spec.photometric,
         )
     limit = spec.subset or None
+    if spec.panoptic and not with_labels:
+        raise ValueError(
+            "data.target.panoptic: panoptic maps are labels; the target training set has none"
+        )
     if spec.pseudo_margins is not None and spec.name == "minicity":
         raise ValueError(
             "data.*.pseudo_margins needs a real dataset (gta, synthia, cityscapes); for MiniCity "
             "use the crop-level uda.pseudo_margins"
         )
     if spec.name == "minicity":
+        import inspect
+
         from gbw.data.minicity import MiniCity
 
+        panoptic = {}
+        if spec.panoptic:
+            if "with_panoptic" not in inspect.signature(MiniCity).parameters:
+                raise ValueError(
+                    "data.*.panoptic on MiniCity needs MiniCity v2 (instance maps, "
+                    "MiniCity(..., with_panoptic=True)); this MiniCity has none"
+                )
+            panoptic = {"with_panoptic": True}
         ds = MiniCity(
             spec.split,
             spec.root or None,
@@ -61,6 +75,7 @@ def build_dataset(
             size=exp.data.minicity_size,
             with_labels=with_labels,
             transform=transform,
+            **panoptic,
         )
         if limit:
             ds.samples = ds.samples[:limit]
@@ -71,6 +86,8 @@ def build_dataset(
     extra: dict[str, Any] = {}
     if spec.pseudo_margins is not None:
         extra["pseudo_margins"] = tuple(spec.pseudo_margins)
+    if spec.panoptic:
+        extra["with_panoptic"] = True
     return cls(
         spec.root or None,
         spec.split,
@@ -245,7 +262,9 @@ def build_train_loader(
 ) -> DataLoader:
     """An endless loader whose ``k``-th batch is the run's batch ``start_step + k``.
 
-    With ``data.source.rcs`` the source samples are drawn by rare-class sampling.
+    With ``data.source.rcs`` the source samples are drawn by rare-class sampling; with
+    ``data.<domain>.panoptic`` each sample also carries its detection targets
+    (``"instances"``, computed in the workers after the crop; a list in the batch).
     """
     bs = exp.data.batch_size
     spec = exp.data.source if domain == "source" else exp.data.target
@@ -275,6 +294,11 @@ def build_train_loader(
         sampler = StepSampler(
             len(dataset), exp.seed, domain, start=start_step * bs, rank=rank, world=world
         )
+    collate = None
+    if spec.panoptic:
+        from gbw.data.panoptic import WithInstances, collate_panoptic
+
+        dataset, collate = WithInstances(dataset), collate_panoptic
     workers = exp.data.num_workers
     return DataLoader(
         SeededSamples(dataset),
@@ -283,6 +307,7 @@ def build_train_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         drop_last=True,
+        collate_fn=collate,
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,

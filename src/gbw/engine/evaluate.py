@@ -88,11 +88,7 @@ def evaluate(
     progress: bool = False,
 ) -> SegMetrics:
     """Confusion-matrix metrics of ``model`` on a labelled dataset (sharded over ranks)."""
-    n = len(dataset) if not cfg.subset else min(cfg.subset, len(dataset))  # type: ignore[arg-type]
-    shard = Subset(dataset, list(range(rank, n, world)))
-    loader = DataLoader(
-        shard, batch_size=cfg.batch_size, num_workers=num_workers, collate_fn=_collate
-    )
+    loader = eval_loader(dataset, cfg, rank, world, num_workers, _collate)
     cm = ConfusionMatrix(num_classes, device=device)
     was_training = model.training
     model.eval()
@@ -113,6 +109,20 @@ def evaluate(
         model.train(was_training)
     cm.all_reduce()
     return cm.compute(classes)
+
+
+def eval_loader(
+    dataset: Dataset,
+    cfg: EvalConfig,
+    rank: int,
+    world: int,
+    num_workers: int,
+    collate: Callable[[list[dict]], dict],
+) -> DataLoader:
+    """This rank's share of the first ``eval.subset`` images (all when 0), in batches."""
+    n = len(dataset) if not cfg.subset else min(cfg.subset, len(dataset))  # type: ignore[arg-type]
+    shard = Subset(dataset, list(range(rank, n, world)))
+    return DataLoader(shard, batch_size=cfg.batch_size, num_workers=num_workers, collate_fn=collate)
 
 
 def _collate(samples: list[dict]) -> dict:

@@ -35,6 +35,10 @@ def predict_files(
     (and ``<stem>_trainIds.png``). Returns the written colour masks."""
     device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
     exp, model, _ = load_trained(run, list(overrides), device)
+    if getattr(model, "instance_head", None) is not None:  # a panoptic run: COCO PNG + overlay
+        from gbw.engine.predict_panoptic import predict_panoptic_files
+
+        return predict_panoptic_files(exp, model, images, out_dir, device=device, trainids=trainids)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

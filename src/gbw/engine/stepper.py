@@ -276,13 +276,26 @@ def graph_mode(exp: ExperimentConfig, fabric: Any) -> bool:
     """``train.cuda_graph``, where ``null`` (auto) means on for a run on one CUDA device
     (unless ``train.compile`` is set)."""
     flag = exp.train.cuda_graph
+    from gbw.uda.registry import method_class
+
+    capturable = getattr(method_class(exp.method), "cuda_graph_capturable", True)
+    if flag and not capturable:
+        raise ValueError(
+            f"train.cuda_graph: method {exp.method!r} has data-dependent shapes (a detector) "
+            "and cannot be captured; set train.cuda_graph=false"
+        )
     if flag and exp.train.compile:
         raise ValueError(
             "train.compile and train.cuda_graph are alternatives: a compiled network that "
             "recompiles during the capture breaks it; set one of them to false"
         )
     if flag is None:
-        return fabric.device.type == "cuda" and fabric.world_size == 1 and not exp.train.compile
+        return (
+            fabric.device.type == "cuda"
+            and fabric.world_size == 1
+            and not exp.train.compile
+            and capturable
+        )
     return bool(flag)
 
 
