@@ -36,6 +36,12 @@ QUICK_ITERS = {"source_only": 12, "self_training": 8}
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--task",
+        default="semantic",
+        choices=["semantic", "panoptic"],
+        help="semantic (default) or panoptic: EDAPS on MiniCity's instance maps, PQ/SQ/RQ",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="tiny data and a few iterations: checks that everything runs (tests)",
@@ -157,6 +163,10 @@ def _fmt(mean: float, std: float, signed: bool = False) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "semantic") == "panoptic":
+        from gbw.demo_panoptic import run_panoptic_demo
+
+        return run_panoptic_demo(args)
     from gbw.data.minicity import EVAL_CLASSES, class_table, ensure_minicity
 
     t_start = time.perf_counter()
@@ -298,7 +308,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(setting: str, deltas: list[float]) -> str:
+def _verdict(setting: str, deltas: list[float], metric: str = "mIoU") -> str:
     """One honest line: a gain, no change or a loss, with the rule used."""
     mean, std = _mean_std(deltas)
     n = len(deltas)
@@ -310,7 +320,7 @@ def _verdict(setting: str, deltas: list[float]) -> str:
         clear = abs(mean) >= 1.0
         rule = "one seed: seed-to-seed noise not measured, |Δ| >= 1 point counted as a change"
     word = ("a gain" if mean > 0 else "a loss") if clear else "no clear change"
-    return f"Found for {setting}: {word} with GBW, mIoU Δ = {mean:+.2f} points ({rule})."
+    return f"Found for {setting}: {word} with GBW, {metric} Δ = {mean:+.2f} points ({rule})."
 
 
 def _domain_gap(out: Path, seed: int, args: argparse.Namespace, classes) -> tuple[float, float]:

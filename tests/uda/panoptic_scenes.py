@@ -11,7 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from gbw.data.base import SampleFiles, SegmentationDataset
+from gbw.data.panoptic import from_transform_code, to_transform_code
 
 D = 1000
 SKY, BUILDING, ROAD, PERSON, CAR = 10, 2, 0, 11, 13
@@ -104,3 +108,58 @@ def write_cityscapes(root: Path, counts: dict[str, int], seed: int = 1) -> dict[
             _save(gt / f"{stem}_gtFine_instanceIds.png", inst)
             out[split].append(s)
     return out
+
+
+class _FakeMiniCity(SegmentationDataset):
+    """Scenes as a SegmentationDataset whose ``load`` also returns the panoptic map."""
+
+    EVAL_CLASSES = (ROAD, BUILDING, SKY, PERSON, CAR)
+
+    def __init__(self, split: str, n: int, offset: int, panoptic: bool, **kwargs) -> None:
+        samples = [SampleFiles(f"{split}/{i:05d}.png", Path("-"), Path("-")) for i in range(n)]
+        super().__init__(samples, **kwargs)
+        self.offset, self.panoptic = offset, panoptic
+
+    def load(self, index: int):
+        s = scene(np.random.default_rng(self.offset + index), h=96, w=128)
+        label = s["label"] if self.with_labels else None
+        return (s["image"], label, s["panoptic"]) if self.panoptic else (s["image"], label)
+
+    def make_sample(self, index, image, label, panoptic=None):
+        if panoptic is None:
+            return super().make_sample(index, image, label)
+        masks = [to_transform_code(panoptic)]
+        if self.transform is not None:
+            image, label, masks = self.transform.apply(image, label, masks)
+        out = self.to_sample(self.samples[index].name, image, label)
+        out["panoptic"] = torch.from_numpy(from_transform_code(masks[0]))
+        return out
+
+
+FAKE_COUNTS = {"source_train": 12, "source_val": 4, "target_train": 8, "target_val": 6}
+
+
+def fake_minicity(
+    split: str,
+    root=None,
+    *,
+    seed: int = 0,
+    size: str = "default",
+    with_labels: bool | None = None,
+    transform=None,
+    with_panoptic: bool = False,
+) -> _FakeMiniCity:
+    """A stand-in for MiniCity v2's interface (``MiniCity(split, root, *, seed, size,
+    with_labels, transform, with_panoptic)``) drawn from :func:`scene` at MiniCity's 96x128:
+    samples carry ``"panoptic"`` (int64, cropped and flipped with the label) with
+    ``with_panoptic``. Only for tests, until MiniCity v2 is merged."""
+    offset = sorted(FAKE_COUNTS).index(split) * 1000
+    labelled = split != "target_train" if with_labels is None else with_labels
+    return _FakeMiniCity(
+        split,
+        FAKE_COUNTS[split],
+        offset,
+        with_panoptic,
+        with_labels=labelled,
+        transform=transform,
+    )

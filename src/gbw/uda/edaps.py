@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from gbw.uda.base import Batch, resize_to
+from gbw.uda.base import Batch, Step, resize_to
 from gbw.uda.daformer import DAFormer, DAFormerConfig
 
 #: the instance loss terms of the source step, in log order
@@ -93,3 +93,23 @@ class EDAPS(DAFormer):
             loss = loss + self.cfg.instance_loss_weight * v
             logs[f"src.{k}"] = v.detach()
         return loss, logs
+
+
+class EDAPSSourceOnly(EDAPS):
+    """EDAPS's network on the labelled source only: the semantic cross-entropy, the instance
+    losses and the feature distance of :meth:`EDAPS.source_loss`, no target, no teacher
+    update. The lower bound of the panoptic demo (EDAPS's "source-only" rows)."""
+
+    name = "edaps_source_only"
+    uses_target = False
+
+    def training_step(self, source: Batch, target: Batch | None, step: Step) -> dict[str, Tensor]:
+        opt = step.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss, logs = self.source_loss(source)
+        step.backward(loss)
+        opt.step()
+        return logs
+
+    def after_optimizer_step(self, step: Step) -> None:
+        """No teacher to update."""

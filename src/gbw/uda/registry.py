@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "hrda": "gbw.uda.hrda:HRDA",
     "mic": "gbw.uda.mic:MIC",
     "edaps": "gbw.uda.edaps:EDAPS",  # panoptic: DAFormer + instance decoder losses on the source
+    "edaps_source_only": "gbw.uda.edaps:EDAPSSourceOnly",
 }
 
 
