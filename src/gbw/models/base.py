@@ -274,29 +274,22 @@ def _hrda_daformer_mit(
     return build_hrda_daformer(num_classes, weights=weights, **kwargs)
 
 
-def _edaps_mitb5(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    return _edaps_mit(num_classes, weights=weights, encoder="b5", **kwargs)
+def _edaps_mitb5(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
+    from gbw.models.edaps import build_edaps
+
+    return build_edaps(num_classes, encoder="b5", **kwargs)
 
 
-def _edaps_mit(
-    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
-) -> SegmentationModel:
-    from gbw.models.edaps import EDAPS
-    from gbw.models.mit import load_mit_weights
+def _edaps_mit(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
+    from gbw.models.edaps import build_edaps
 
-    model = EDAPS(num_classes, **kwargs)
-    if weights is not None:
-        log.info(load_mit_weights(model.backbone, weights).summary())
-    return model
+    return build_edaps(num_classes, **kwargs)
 
 
 def _edaps_tiny(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:
-    from gbw.models.edaps import TINY_DAFORMER, TINY_INSTANCE
+    from gbw.models.edaps import build_edaps_tiny
 
-    instance = {**TINY_INSTANCE, **kwargs.pop("instance", {})}
-    return _edaps_mit(num_classes, **{**TINY_DAFORMER, **kwargs, "instance": instance})
+    return build_edaps_tiny(num_classes, **kwargs)
 
 
 def _tinyseg(num_classes: int = 19, **kwargs: Any) -> SegmentationModel:

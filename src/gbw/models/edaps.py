@@ -44,6 +44,7 @@ Differences from mmdet 2.25 (the reference's detector), each documented where it
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -52,8 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gbw.models.base import SegOutput
+from gbw.models.base import SegOutput, StateDictSource
 from gbw.models.daformer import DAFormer
+
+log = logging.getLogger(__name__)
 
 BoxLoss = Literal["l1", "smooth_l1"]
 LEVELS = ("0", "1", "2", "3")  # FPN outputs P2-P5 (+ "pool" = P6)
@@ -365,3 +368,23 @@ TINY_INSTANCE: dict[str, Any] = {
     "roi_batch": 64,
 }
 TINY_DAFORMER: dict[str, Any] = {"encoder": "tiny", "embed_dim": 16, "channels": 16}
+
+
+def build_edaps(
+    num_classes: int = 19, weights: StateDictSource | None = None, **kwargs: Any
+) -> EDAPS:
+    """An EDAPS network whose MiT encoder starts from ``weights`` (a local SegFormer
+    ImageNet-1k ``mit_b*.pth``, as the DAFormer models; None = random init)."""
+    from gbw.models.mit import load_mit_weights
+
+    model = EDAPS(num_classes, **kwargs)
+    if weights is not None:
+        log.info(load_mit_weights(model.backbone, weights).summary())
+    return model
+
+
+def build_edaps_tiny(num_classes: int = 19, **kwargs: Any) -> EDAPS:
+    """:func:`build_edaps` with the CPU sizes (:data:`TINY_DAFORMER`, :data:`TINY_INSTANCE`);
+    ``kwargs`` (and ``instance=`` entries) override them."""
+    instance = {**TINY_INSTANCE, **kwargs.pop("instance", {})}
+    return build_edaps(num_classes, **{**TINY_DAFORMER, **kwargs, "instance": instance})
