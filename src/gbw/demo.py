@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,29 +168,15 @@ def run_demo(args: argparse.Namespace) -> int:
         from gbw.demo_panoptic import run_panoptic_demo
 
         return run_panoptic_demo(args)
-    from gbw.data.minicity import EVAL_CLASSES, class_table, ensure_minicity
+    from gbw.data.minicity import EVAL_CLASSES, class_table
 
     t_start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     out = Path(args.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    seeds = _start(args, out)
+    outcomes = _train_all(
+        seeds, args, out, demo_config, SETTINGS, lambda m: f"target mIoU {100 * m['mIoU']:5.1f}"
+    )
     size = "quick" if args.quick else "default"
-    t0 = time.perf_counter()
-    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
-    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
-
-    outcomes: list[RunOutcome] = []
-    for seed in seeds:
-        for setting in SETTINGS:
-            for weighting in WEIGHTINGS:
-                exp = demo_config(setting, weighting, seed, args)
-                run_dir = out / "runs" / exp.name
-                o = _train_or_reuse(exp, run_dir)
-                o.setting, o.weighting = setting, weighting
-                outcomes.append(o)
-                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
-                print(f"  {exp.name:<28} target mIoU {100 * o.metrics['mIoU']:5.1f}  ({took})")
 
     names = CITYSCAPES_CLASSES
     rows = class_table(args.data_root, 0, size)
@@ -300,6 +287,41 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {len(plots)} plots in {out}")
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _start(args: argparse.Namespace, out: Path) -> list[int]:
+    """The demo's seeds; MiniCity generated (or found) and the output folder made."""
+    from gbw.data.minicity import ensure_minicity
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    size = "quick" if args.quick else "default"
+    t0 = time.perf_counter()
+    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
+    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
+    return [int(s) for s in str(args.seeds).split(",") if s.strip()]
+
+
+def _train_all(
+    seeds: list[int],
+    args: argparse.Namespace,
+    out: Path,
+    config: Callable[[str, str, int, argparse.Namespace], ExperimentConfig],
+    settings: Iterable[str],
+    summary: Callable[[dict[str, float]], str],
+) -> list[RunOutcome]:
+    """Every (seed, setting, weighting) run, trained or reused, one line each."""
+    outcomes: list[RunOutcome] = []
+    for seed in seeds:
+        for setting in settings:
+            for weighting in WEIGHTINGS:
+                exp = config(setting, weighting, seed, args)
+                o = _train_or_reuse(exp, out / "runs" / exp.name)
+                o.setting, o.weighting = setting, weighting
+                outcomes.append(o)
+                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
+                print(f"  {exp.name:<28} {summary(o.metrics)}  ({took})")
+    return outcomes
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -20,11 +20,9 @@ import csv
 import time
 from pathlib import Path
 
-import torch
-
 from gbw.config import ExperimentConfig, load_config
 from gbw.data.classes import CITYSCAPES_CLASSES, THING_CLASSES
-from gbw.demo import RunOutcome, _fmt, _markdown, _mean_std, _train_or_reuse, _verdict
+from gbw.demo import _fmt, _markdown, _mean_std, _start, _train_all, _verdict
 
 SETTINGS = {"source_only": "edaps_source_only", "self_training": "edaps"}
 WEIGHTINGS = ("none", "gbw")
@@ -82,32 +80,22 @@ def panoptic_demo_config(
 
 
 def run_panoptic_demo(args: argparse.Namespace) -> int:
-    from gbw.data.minicity import EVAL_CLASSES, ensure_minicity
+    from gbw.data.minicity import EVAL_CLASSES
 
     t_start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     out = Path(args.out) / "panoptic"
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    size = "quick" if args.quick else "default"
-    t0 = time.perf_counter()
-    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
-    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
-
-    outcomes: list[RunOutcome] = []
-    for seed in seeds:
-        for setting in SETTINGS:
-            for weighting in WEIGHTINGS:
-                exp = panoptic_demo_config(setting, weighting, seed, args)
-                o = _train_or_reuse(exp, out / "runs" / exp.name)
-                o.setting, o.weighting = setting, weighting
-                outcomes.append(o)
-                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
-                print(
-                    f"  {exp.name:<36} target mPQ {100 * o.metrics['mPQ']:5.1f}  "
-                    f"(things {100 * o.metrics['mPQ_things']:5.1f}, stuff "
-                    f"{100 * o.metrics['mPQ_stuff']:5.1f}; {took})"
-                )
+    seeds = _start(args, out)
+    outcomes = _train_all(
+        seeds,
+        args,
+        out,
+        panoptic_demo_config,
+        SETTINGS,
+        lambda m: (
+            f"target mPQ {100 * m['mPQ']:5.1f} (things {100 * m['mPQ_things']:5.1f}, "
+            f"stuff {100 * m['mPQ_stuff']:5.1f})"
+        ),
+    )
 
     names = CITYSCAPES_CLASSES
     classes = list(EVAL_CLASSES)

@@ -8,7 +8,7 @@ slide a 1024x1024 window with stride 512 over the full 2048x1024 image (mode ``s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,25 +90,36 @@ def evaluate(
     """Confusion-matrix metrics of ``model`` on a labelled dataset (sharded over ranks)."""
     loader = eval_loader(dataset, cfg, rank, world, num_workers, _collate)
     cm = ConfusionMatrix(num_classes, device=device)
-    was_training = model.training
-    model.eval()
     ctx = autocast or contextlib.nullcontext
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
-    try:
-        for batch in it:
+    with eval_mode(model):
+        for batch in with_progress(loader, progress, "eval"):
             image = batch["image"].to(device, non_blocking=True)
             label = batch["label"].to(device, non_blocking=True)
             with ctx():
                 logits = predict_logits(model, image, cfg, num_classes, label.shape[-2:])
             cm.update(logits.argmax(1), label)
-    finally:
-        model.train(was_training)
     cm.all_reduce()
     return cm.compute(classes)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block, its own mode again after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def with_progress(loader: Iterable, progress: bool, desc: str) -> Iterable:
+    """``loader``, behind a tqdm bar when ``progress``."""
+    if not progress:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def eval_loader(

@@ -119,21 +119,14 @@ def evaluate_panoptic(
 ) -> PanopticResult:
     """PQ/SQ/RQ and IoU of ``model`` on a dataset whose samples carry ``"panoptic"``."""
     from gbw.data.panoptic import collate_panoptic
-    from gbw.engine.evaluate import eval_loader
+    from gbw.engine.evaluate import eval_loader, eval_mode, with_progress
 
     loader = eval_loader(dataset, cfg, rank, world, num_workers, collate_panoptic)
     pq = PanopticQuality(num_classes, THING_CLASSES, device=device)
     cm = ConfusionMatrix(num_classes, device=device)
-    was_training = model.training
-    model.eval()
     ctx = autocast or contextlib.nullcontext
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="eval (panoptic)", leave=False, dynamic_ncols=True)
-    try:
-        for batch in it:
+    with eval_mode(model):
+        for batch in with_progress(loader, progress, "eval (panoptic)"):
             if "panoptic" not in batch:
                 raise ValueError(
                     "panoptic evaluation needs ground-truth panoptic maps: data.val.panoptic: "
@@ -147,8 +140,6 @@ def evaluate_panoptic(
                 )
             cm.update(semantic, label)
             pq.update(panoptic, batch["panoptic"].to(device))
-    finally:
-        model.train(was_training)
     cm.all_reduce()
     pq.all_reduce()
     return PanopticResult(pq.compute(classes), cm.compute(classes))
