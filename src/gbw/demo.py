@@ -80,7 +80,6 @@ def demo_config(
 ) -> ExperimentConfig:
     """The experiment of one demo run (also written to its run folder as config.yaml)."""
     iters = args.iters or (QUICK_ITERS if args.quick else ITERS)[setting]
-    root = args.data_root or ""
     overrides = [
         f"name={setting}-{weighting}-s{seed}",
         f"seed={seed}",
@@ -101,20 +100,27 @@ def demo_config(
         "train.accelerator=cpu",
         "train.progress=false",
         "eval.batch_size=25",
-        f"weighting.name={weighting}",
     ]
-    if weighting == "gbw":  # runs without GBW stay identical (and reusable) across GBW options
-        overrides += [
-            f"weighting.lam={args.lam}",
-            f"weighting.variant={args.variant}",
-            f"weighting.scale={args.scale}",
-        ]
-    if root:
-        overrides += [f"data.{split}.root={root}" for split in ("source", "target", "val")]
+    overrides += weighting_overrides(weighting, args)
     if SETTINGS[setting] == "dacs":
         # DACS recipe values; the jitter ops in a fixed order to save CPU time
         overrides += ["uda.ema_alpha=0.99", "uda.color_jitter_random_order=false"]
     return load_config(None, overrides)
+
+
+def weighting_overrides(weighting: str, args: argparse.Namespace) -> list[str]:
+    """The weighting of a demo run and where MiniCity lives. Runs without GBW carry no GBW
+    options, so they stay identical (and are reused) across --lam/--variant/--scale."""
+    out = [f"weighting.name={weighting}"]
+    if weighting == "gbw":
+        out += [
+            f"weighting.lam={args.lam}",
+            f"weighting.variant={args.variant}",
+            f"weighting.scale={args.scale}",
+        ]
+    if args.data_root:
+        out += [f"data.{split}.root={args.data_root}" for split in ("source", "target", "val")]
+    return out
 
 
 @dataclass

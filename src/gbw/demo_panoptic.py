@@ -22,7 +22,15 @@ from pathlib import Path
 
 from gbw.config import ExperimentConfig, load_config
 from gbw.data.classes import CITYSCAPES_CLASSES, THING_CLASSES
-from gbw.demo import _fmt, _markdown, _mean_std, _start, _train_all, _verdict
+from gbw.demo import (
+    _fmt,
+    _markdown,
+    _mean_std,
+    _start,
+    _train_all,
+    _verdict,
+    weighting_overrides,
+)
 
 SETTINGS = {"source_only": "edaps_source_only", "self_training": "edaps"}
 WEIGHTINGS = ("none", "gbw")
@@ -64,16 +72,8 @@ def panoptic_demo_config(
         "train.progress=false",
         "eval.batch_size=25",
         f"eval.fusion.stuff_area={STUFF_AREA}",
-        f"weighting.name={weighting}",
+        *weighting_overrides(weighting, args),
     ]
-    if weighting == "gbw":  # runs without GBW stay identical (and reusable) across GBW options
-        overrides += [
-            f"weighting.lam={args.lam}",
-            f"weighting.variant={args.variant}",
-            f"weighting.scale={args.scale}",
-        ]
-    if args.data_root:
-        overrides += [f"data.{s}.root={args.data_root}" for s in ("source", "target", "val")]
     # DACS's EMA rate for a short run, the jitter ops in a fixed order to save CPU time
     overrides += ["uda.ema_alpha=0.99", "uda.color_jitter_random_order=false"]
     return load_config(None, overrides)
