@@ -67,6 +67,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "semantic") == "panoptic":
+        from gbw.demo_panoptic import run_panoptic_demo
+
+        return run_panoptic_demo(args)
     from gbw.demo import run_demo
 
     return run_demo(args)

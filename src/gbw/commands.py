@@ -55,6 +55,8 @@ def _eval(args: argparse.Namespace) -> int:
     classes = eval_classes(val, exp.eval.classes)
     names = list(getattr(val, "CLASSES", CITYSCAPES_CLASSES))[: exp.model.num_classes]
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else None
+    if exp.data.val.panoptic:  # PQ/SQ/RQ of the fused panoptic maps
+        return _eval_panoptic(args, exp, model, state, val, classes, device, autocast)
     official = getattr(args, "official", False)
     writer = None
     tmp = None
@@ -122,6 +124,46 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_panoptic(  # type: ignore[no-untyped-def]
+    args, exp, model, state, val, classes, device, autocast
+) -> int:
+    """``gbw eval`` on a panoptic run: per-class PQ/SQ/RQ and IoU tables, ``--json``."""
+
+    from gbw.analysis.tables import metrics_table, panoptic_table
+    from gbw.data.classes import CITYSCAPES_CLASSES
+    from gbw.engine.evaluate_panoptic import evaluate_panoptic
+    from gbw.fileio import write_json
+
+    result = evaluate_panoptic(
+        model,
+        val,
+        exp.eval,
+        exp.model.num_classes,
+        classes=classes,
+        device=device,
+        autocast=autocast,
+        progress=True,
+    )
+    names = CITYSCAPES_CLASSES[: exp.model.num_classes]
+    f = exp.eval.fusion
+    print(
+        f"panoptic (fusion: score >= {f.score_threshold}, stuff area >= {f.stuff_area} px, "
+        f"order {f.order}; {len(result.panoptic.classes)} classes)"
+    )
+    print(panoptic_table(result.panoptic, names))
+    print()
+    print("semantic branch")
+    print(metrics_table(result.semantic, names))
+    if args.json:
+        out = {
+            "checkpoint_step": int(state["step"]),
+            "classes": list(result.panoptic.classes),
+            **result.as_dict(names),
+        }
+        write_json(args.json, out)  # its folder is made when missing
+    return 0
+
+
 # --- gbw predict --------------------------------------------------------------------------------
 
 
@@ -130,15 +172,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     not be read (one line each), 2 usage errors."""
     from gbw.engine.predict import PredictError, predict_files
 
-    formats = list(args.format or ["color"])
-    if args.trainids and "trainids" not in formats:
-        formats.append("trainids")
+    formats = list(args.format) if args.format else None  # None: the run's default
     try:
         report = predict_files(
             args.run,
             args.images,
             args.out,
             formats=formats,
+            also=["trainids"] if args.trainids else [],
             overlay_images=args.overlay,
             scale=args.scale,
             mode=args.mode,
@@ -168,9 +209,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         action="append",
-        choices=["color", "trainids", "cityscapes"],
+        choices=["color", "trainids", "cityscapes", "panoptic", "panoptic_ids"],
         help="color: <name>_color.png (default); trainids: <name>_trainIds.png; cityscapes: "
-        "<id>_labelIds.png for cityscapesscripts and the test server. Repeatable",
+        "<id>_labelIds.png for cityscapesscripts and the test server; panoptic runs: "
+        "panoptic (COCO PNG + JSON, default besides color), panoptic_ids (16-bit map). "
+        "Repeatable",
     )
     p.add_argument("--trainids", action="store_true", help="same as --format trainids in addition")
     p.add_argument(

@@ -51,6 +51,9 @@ class DatasetSpec:
     labels_map: str = ""  # folder: YAML with the class names and raw id -> trainId
     image_dir: str = "images"  # folder: image folder under root
     label_dir: str = "labels"  # folder: label folder under root
+    # panoptic maps with the labels (gbw.data.panoptic): source -> detection targets,
+    # val -> PQ/SQ/RQ evaluation; real datasets need `gbw data prepare --panoptic`
+    panoptic: bool = False
 
 
 @dataclass
@@ -137,6 +140,17 @@ class TrainConfig:
 
 
 @dataclass
+class FusionConfig:
+    """How a panoptic model's semantic and instance outputs become one map (EDAPS's merge,
+    gbw.models.panoptic_fusion): detections with ``score >= score_threshold`` are pasted,
+    stuff classes under ``stuff_area`` pixels become void."""
+
+    score_threshold: float = 0.95
+    stuff_area: int = 2048  # at the evaluated (label) resolution; EDAPS at 2048x1024
+    order: str = "score"  # score (higher score wins) | reference (EDAPS's class-by-class loop)
+
+
+@dataclass
 class EvalConfig:
     mode: str = "whole"  # whole | slide
     # bilinear upsampling of the logits to the labels: false = mmseg's; true = ADVENT
@@ -148,6 +162,7 @@ class EvalConfig:
     classes: str = "dataset"  # dataset | 19 | 16 | 13: classes in the mean IoU
     batch_size: int = 1
     subset: int = 0  # evaluate the first N images only (0 = all)
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # panoptic runs only
 
 
 @dataclass
@@ -540,6 +555,9 @@ def validate(
     c.one_of("eval.classes", e.classes, EVAL_CLASS_SETS)
     c.number("eval.batch_size", e.batch_size, low=1, integer=True)
     c.number("eval.subset", e.subset, low=0, integer=True)
+    c.number("eval.fusion.score_threshold", e.fusion.score_threshold, low=0, high=1)
+    c.number("eval.fusion.stuff_area", e.fusion.stuff_area, low=0, integer=True)
+    c.one_of("eval.fusion.order", e.fusion.order, ("score", "reference"))
 
     # the method's own settings: unknown keys and bad values (its Config dataclass checks them)
     try:

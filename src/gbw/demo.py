@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,12 @@ DEMO_DACS_OPTIONS = [
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        default="semantic",
+        choices=["semantic", "panoptic"],
+        help="semantic (default) or panoptic: EDAPS on MiniCity's instance maps, PQ/SQ/RQ",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -85,7 +92,6 @@ def demo_config(
 ) -> ExperimentConfig:
     """The experiment of one demo run (also written to its run folder as config.yaml)."""
     iters = args.iters or (QUICK_ITERS if args.quick else ITERS)[setting]
-    root = args.data_root or ""
     overrides = [
         f"name={setting}-{weighting}-s{seed}",
         f"seed={seed}",
@@ -106,16 +112,8 @@ def demo_config(
         "train.accelerator=cpu",
         "train.progress=false",
         "eval.batch_size=25",
-        f"weighting.name={weighting}",
     ]
-    if weighting == "gbw":  # runs without GBW stay identical (and reusable) across GBW options
-        overrides += [
-            f"weighting.lam={args.lam}",
-            f"weighting.variant={args.variant}",
-            f"weighting.scale={args.scale}",
-        ]
-    if root:
-        overrides += [f"data.{split}.root={root}" for split in ("source", "target", "val")]
+    overrides += weighting_overrides(weighting, args)
     if SETTINGS[setting] == "dacs":
         # DACS recipe values; the jitter ops in a fixed order to save CPU time
         overrides += ["uda.ema_alpha=0.99", "uda.color_jitter_random_order=false"]
@@ -123,6 +121,21 @@ def demo_config(
     else:
         overrides += DEMO_SOURCE_ONLY_OPTIONS
     return load_config(None, overrides)
+
+
+def weighting_overrides(weighting: str, args: argparse.Namespace) -> list[str]:
+    """The weighting of a demo run and where MiniCity lives. Runs without GBW carry no GBW
+    options, so they stay identical (and are reused) across --lam/--variant/--scale."""
+    out = [f"weighting.name={weighting}"]
+    if weighting == "gbw":
+        out += [
+            f"weighting.lam={args.lam}",
+            f"weighting.variant={args.variant}",
+            f"weighting.scale={args.scale}",
+        ]
+    if args.data_root:
+        out += [f"data.{split}.root={args.data_root}" for split in ("source", "target", "val")]
+    return out
 
 
 @dataclass
@@ -172,31 +185,15 @@ def _fmt(mean: float, std: float, signed: bool = False) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from gbw.data.minicity import EVAL_CLASSES, class_table, ensure_minicity
+    from gbw.data.minicity import EVAL_CLASSES, class_table
 
     t_start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     out = Path(args.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    seeds = _start(args, out)
+    outcomes = _train_all(
+        seeds, args, out, demo_config, SETTINGS, lambda m: f"target mIoU {100 * m['mIoU']:5.1f}"
+    )
     size = "quick" if args.quick else "default"
-    t0 = time.perf_counter()
-    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
-    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
-
-    outcomes: list[RunOutcome] = []
-    for seed in seeds:
-        for setting in SETTINGS:
-            for weighting in WEIGHTINGS:
-                exp = demo_config(setting, weighting, seed, args)
-                run_dir = out / "runs" / exp.name
-                o = _train_or_reuse(exp, run_dir)
-                o.setting, o.weighting = setting, weighting
-                outcomes.append(o)
-                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
-                print(f"  {exp.name:<28} target mIoU {100 * o.metrics['mIoU']:5.1f}  ({took})")
 
     names = CITYSCAPES_CLASSES
     rows = class_table(args.data_root, 0, size)
@@ -309,13 +306,50 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start(args: argparse.Namespace, out: Path) -> list[int]:
+    """The demo's seeds; MiniCity generated (or found) and the output folder made."""
+    import torch
+
+    from gbw.data.minicity import ensure_minicity
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    size = "quick" if args.quick else "default"
+    t0 = time.perf_counter()
+    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
+    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
+    return [int(s) for s in str(args.seeds).split(",") if s.strip()]
+
+
+def _train_all(
+    seeds: list[int],
+    args: argparse.Namespace,
+    out: Path,
+    config: Callable[[str, str, int, argparse.Namespace], ExperimentConfig],
+    settings: Iterable[str],
+    summary: Callable[[dict[str, float]], str],
+) -> list[RunOutcome]:
+    """Every (seed, setting, weighting) run, trained or reused, one line each."""
+    outcomes: list[RunOutcome] = []
+    for seed in seeds:
+        for setting in settings:
+            for weighting in WEIGHTINGS:
+                exp = config(setting, weighting, seed, args)
+                o = _train_or_reuse(exp, out / "runs" / exp.name)
+                o.setting, o.weighting = setting, weighting
+                outcomes.append(o)
+                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
+                print(f"  {exp.name:<28} {summary(o.metrics)}  ({took})")
+    return outcomes
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _verdict(setting: str, deltas: list[float]) -> str:
+def _verdict(setting: str, deltas: list[float], metric: str = "mIoU") -> str:
     """One honest line: a gain, no change or a loss, with the rule used."""
     mean, std = _mean_std(deltas)
     n = len(deltas)
@@ -327,7 +361,7 @@ def _verdict(setting: str, deltas: list[float]) -> str:
         clear = abs(mean) >= 1.0
         rule = "one seed: seed-to-seed noise not measured, |Δ| >= 1 point counted as a change"
     word = ("a gain" if mean > 0 else "a loss") if clear else "no clear change"
-    return f"Found for {setting}: {word} with GBW, mIoU Δ = {mean:+.2f} points ({rule})."
+    return f"Found for {setting}: {word} with GBW, {metric} Δ = {mean:+.2f} points ({rule})."
 
 
 def _domain_gap(out: Path, seed: int, args: argparse.Namespace, classes) -> tuple[float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gbw.metrics import SegMetrics
+from gbw.metrics import PanopticMetrics, SegMetrics
 
 
 def _pct(x: float) -> str:
@@ -24,4 +24,24 @@ def metrics_table(metrics: SegMetrics, names: Sequence[str]) -> str:
         f"| **mean ({len(metrics.classes)} classes)** | **{_pct(metrics.miou)}** | "
         f"{_pct(metrics.mean_recall)} | {_pct(metrics.mean_precision)} |"
     )
+    return "\n".join(rows)
+
+
+def panoptic_table(metrics: PanopticMetrics, names: Sequence[str]) -> str:
+    """Per-class PQ / SQ / RQ (with TP, FP, FN) and the means over all classes, things and
+    stuff, as a markdown table ("-": no segment of the class anywhere)."""
+    rows = ["| class | kind | PQ | SQ | RQ | TP | FP | FN |", "|---|---|---|---|---|---|---|---|"]
+    for c in metrics.classes:
+        kind = "thing" if c in metrics.things else "stuff"
+        rows.append(
+            f"| {names[c]} | {kind} | {_pct(float(metrics.pq[c]))} | {_pct(float(metrics.sq[c]))} "
+            f"| {_pct(float(metrics.rq[c]))} | {int(metrics.tp[c])} | {int(metrics.fp[c])} "
+            f"| {int(metrics.fn[c])} |"
+        )
+    for which in ("all", "things", "stuff"):
+        n = len(metrics.subset(which))
+        rows.append(
+            f"| **mean, {which} ({n})** | | **{_pct(metrics.mean('pq', which))}** | "
+            f"{_pct(metrics.mean('sq', which))} | {_pct(metrics.mean('rq', which))} | | | |"
+        )
     return "\n".join(rows)

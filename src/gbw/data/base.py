@@ -110,5 +110,6 @@ class SegmentationDataset(Dataset):
         return out
 
     def __getitem__(self, index: int) -> Sample:
-        image, label = self.load(index)
-        return self.make_sample(index, image, label)
+        # load() may return more arrays than (image, label): a panoptic map, for instance;
+        # make_sample takes them in the same order
+        return self.make_sample(index, *self.load(index))

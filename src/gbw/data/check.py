@@ -3,7 +3,9 @@
 Checks the layout (wrong root), image counts per split (GTA5 24,966; SYNTHIA 9,400; Cityscapes
 2,975 train / 500 val; fewer with ``subset=True``), image/label pairing both ways, that every file
 decodes, image sizes, label/image size agreement, label formats (SYNTHIA: 16-bit 3-channel) and
-label values (raw ids within the dataset's id range, prepared labels within 0..18 and 255).
+label values (raw ids within the dataset's id range, prepared labels within 0..18 and 255) and,
+where ``gbw data prepare --panoptic`` wrote them (required with ``panoptic=True``), the panoptic
+maps: 16-bit format, classes within 0..18 or void, size, and classes equal to the label's.
 
 Every problem is one line that starts with the file (or folder) it is about and says what was
 expected; all problems are collected before reporting, so one run lists every bad file.
@@ -12,9 +14,11 @@ expected; all problems are collected before reporting, so one run lists every ba
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from gbw.data.io import decode_rgb
 from gbw.data.prepare import stats_path
@@ -86,7 +90,10 @@ class PairResult:
 
 
 def check_pair(
-    cls: type[RealDataset], pair: Pair, expected_size: tuple[int, int] | None
+    cls: type[RealDataset],
+    pair: Pair,
+    expected_size: tuple[int, int] | None,
+    require_panoptic: bool = False,
 ) -> PairResult:
     """Decode one image and its label file(s) and report what is wrong with them."""
     result = PairResult()
@@ -108,6 +115,7 @@ def check_pair(
                 f"{path}: size {_size(shape)} does not match image {_size(image_shape)}"
             )
 
+    train_ids = None  # the label as trainIds, to compare the panoptic map with
     if pair.has_raw:
         try:
             raw = cls.read_raw_label(pair.raw_label)
@@ -125,6 +133,7 @@ def check_pair(
                     f"(expected {cls.TITLE} ids 0..{cls.MAX_ID})"
                 )
             result.ignored_ids = [i for i in cls.IGNORED_IDS if bool((raw == i).any())]
+            train_ids = cls.to_train_ids(raw) if raw.dtype in (np.uint8, np.uint16) else None
     if pair.has_prepared:
         try:
             prepared = read_prepared_label(pair.prepared_label)
@@ -138,14 +147,48 @@ def check_pair(
                     f"{pair.prepared_label}: value(s) {', '.join(map(str, bad[:10]))} are not "
                     f"trainIds (expected 0..18 or 255); delete it and run gbw data prepare again"
                 )
+            elif train_ids is None:
+                train_ids = prepared
+    if pair.has_panoptic:
+        _check_panoptic(pair, train_ids, same_size, problems)
+    elif require_panoptic:
+        problems.append(
+            f"{pair.prepared_panoptic}: panoptic map not found (expected for image {pair.image}); "
+            f"run `gbw data prepare {cls.NAME} --panoptic`"
+        )
     if not pair.has_raw and not pair.has_prepared:
         problems.append(f"{pair.raw_label}: label file not found (expected for image {pair.image})")
     return result
 
 
-def _check_job(job: tuple[str, Pair, tuple[int, int] | None]) -> PairResult:
-    name, pair, expected_size = job
-    return check_pair(dataset_class(name), pair, expected_size)
+def _check_panoptic(
+    pair: Pair,
+    train_ids: np.ndarray | None,
+    same_size: Callable[[Path, tuple[int, ...]], None],
+    problems: list[str],
+) -> None:
+    """Decode a prepared panoptic map; its size and classes must match the image and label."""
+    from gbw.data.panoptic import read_panoptic, semantic_of
+
+    assert pair.prepared_panoptic is not None
+    try:
+        panoptic = read_panoptic(pair.prepared_panoptic)
+    except (OSError, ValueError) as exc:
+        problems.append(str(exc))
+        return
+    same_size(pair.prepared_panoptic, panoptic.shape)
+    if train_ids is not None and train_ids.shape == panoptic.shape:
+        differ = int((semantic_of(panoptic) != train_ids).sum())
+        if differ:
+            problems.append(
+                f"{pair.prepared_panoptic}: classes differ from the label at {differ} pixel(s); "
+                "run `gbw data prepare --panoptic --force` again"
+            )
+
+
+def _check_job(job: tuple[str, Pair, tuple[int, int] | None, bool]) -> PairResult:
+    name, pair, expected_size, require_panoptic = job
+    return check_pair(dataset_class(name), pair, expected_size, require_panoptic)
 
 
 def check_dataset(
@@ -159,6 +202,7 @@ def check_dataset(
     expected_size: tuple[int, int] | str | None = "default",
     expected_counts: dict[str, int] | None = None,
     progress: bool = False,
+    panoptic: bool = False,
 ) -> CheckReport:
     """Check a dataset tree and return every problem found (see the module docstring).
 
@@ -173,6 +217,8 @@ def check_dataset(
         expected_size: (width, height) every image must have; "default" = the dataset's own
             (Cityscapes 2048x1024, SYNTHIA 1280x760, GTA5 any), None = do not check.
         expected_counts: override the official image counts (tests, other releases).
+        panoptic: every image must have its panoptic map (``gbw data prepare --panoptic``);
+            without it, the maps that exist are checked.
     """
     from tqdm import tqdm
 
@@ -183,6 +229,9 @@ def check_dataset(
     error = cls.layout_error(root, splits)
     if error:
         report.problems.append(error)
+        return report
+    if panoptic and not cls.HAS_INSTANCES:
+        report.problems.append(f"{root}: {cls.TITLE} has no instance annotations (--panoptic)")
         return report
     size = cls.IMAGE_SIZE if expected_size == "default" else expected_size
     counts = {**cls.EXPECTED_COUNTS, **(expected_counts or {})}
@@ -202,7 +251,7 @@ def check_dataset(
         for orphan in scan.orphan_labels:
             report.problems.append(f"{orphan}: label has no image in {image_dir}")
         pairs = scan.pairs[:limit] if limit is not None else scan.pairs
-        jobs = [(cls.NAME, p, size) for p in pairs]
+        jobs = [(cls.NAME, p, size, panoptic) for p in pairs]
         bar = tqdm(
             total=len(jobs), desc=f"check {cls.NAME} {split}", unit="img", disable=not progress
         )
@@ -231,6 +280,12 @@ def check_dataset(
             report.notes.append(
                 f"{root / cls.label_dir(split)}: id {i} present in {len(files)} label(s), "
                 f"{cls.IGNORED_IDS[i]}; gbw maps it to ignore (255); e.g. {files[0]}"
+            )
+        with_panoptic = sum(p.has_panoptic for p in scan.pairs)
+        if cls.HAS_INSTANCES and not panoptic and 0 < with_panoptic < n:
+            report.notes.append(
+                f"{root}: {with_panoptic} of {n} {split} panoptic maps prepared; run "
+                f"`gbw data prepare {cls.NAME} --panoptic --root {root}` for the others"
             )
         prepared = sum(p.has_prepared for p in scan.pairs)
         if prepared < n:

@@ -13,12 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from gbw.data.classes import EVAL_SUBSETS
 from gbw.data.real import RealDataset, _list_dirs, _list_files
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 TRAIN_ID_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
+INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+PANOPTIC_LABEL_SUFFIX = "_gtFine_panopticTrainIds.png"
 
 
 class Cityscapes(RealDataset):
@@ -58,6 +62,7 @@ class Cityscapes(RealDataset):
         "layout data/cityscapes/{leftImg8bit,gtFine}/{train,val}/<city>/"
         "<id>_leftImg8bit.png and <id>_gtFine_labelIds.png"
     )
+    HAS_INSTANCES = True  # <id>_gtFine_instanceIds.png (panoptic maps: gbw.data.panoptic)
 
     @classmethod
     def image_dir(cls, split: str) -> str:
@@ -93,3 +98,26 @@ class Cityscapes(RealDataset):
             for city in _list_dirs(base)
             for name in _list_files(base / city, LABEL_SUFFIX)
         ]
+
+    @classmethod
+    def prepared_panoptic_for(cls, raw_label: Path) -> Path:
+        return raw_label.with_name(raw_label.name[: -len(LABEL_SUFFIX)] + PANOPTIC_LABEL_SUFFIX)
+
+    @classmethod
+    def panoptic_source_for(cls, raw_label: Path) -> Path:
+        return raw_label.with_name(raw_label.name[: -len(LABEL_SUFFIX)] + INSTANCE_SUFFIX)
+
+    @classmethod
+    def make_panoptic(cls, source: Path) -> np.ndarray:
+        """Panoptic ids from ``_gtFine_instanceIds.png`` with cityscapesscripts'
+        createPanopticImgs rules (:func:`gbw.data.panoptic.panoptic_from_cityscapes`)."""
+        from gbw.data.io import read_png_unchanged
+        from gbw.data.panoptic import panoptic_from_cityscapes
+
+        ids = read_png_unchanged(source)
+        if ids.ndim != 2 or ids.dtype not in (np.uint8, np.uint16, np.int32):
+            raise ValueError(
+                f"{source}: expected a single-channel 16-bit instance id image, got "
+                f"{ids.dtype} {ids.shape}"
+            )
+        return panoptic_from_cityscapes(ids, source)

@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--force", action="store_true", help="redo every label, even those already prepared"
     )
+    prepare.add_argument(
+        "--panoptic",
+        action="store_true",
+        help="also write panoptic maps (<label>_panopticTrainIds.png) from the instance "
+        "annotations (synthia, cityscapes; cityscapes needs `pip install 'gbw[cityscapes]'`)",
+    )
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_folder_arguments(prepare)
     prepare.set_defaults(func=run_prepare)
@@ -109,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=_default_workers(),
         help="processes decoding in parallel (default: %(default)s)",
+    )
+    check.add_argument(
+        "--panoptic",
+        action="store_true",
+        help="require the panoptic maps of `gbw data prepare --panoptic` (they are checked "
+        "wherever they exist even without this flag)",
     )
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_folder_arguments(check)
@@ -166,8 +178,9 @@ def run_prepare(args: argparse.Namespace) -> int:
             workers=args.workers,
             force=args.force,
             progress=not args.no_progress,
+            panoptic=args.panoptic,
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = False
@@ -175,6 +188,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         print(
             f"{cls.NAME} {r.split}: {r.total} labels, {r.converted} converted, "
             f"{r.reused} already prepared, {len(r.failures)} failed"
+            + (" (with panoptic maps)" if r.panoptic else "")
         )
         for name, ids in sorted(r.unknown_ids.items()):
             print(f"  warning: {name}: unknown label id(s) {ids} mapped to ignore (255)")
@@ -208,6 +222,7 @@ def run_check(args: argparse.Namespace) -> int:
         limit=args.limit,
         workers=args.workers,
         progress=not args.no_progress,
+        panoptic=args.panoptic,
     )
     print(report.format())
     return 0 if report.ok else 1

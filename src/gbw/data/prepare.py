@@ -9,6 +9,12 @@ Resumable and idempotent: each label PNG is written atomically, and each finishe
 one line to a journal (``.gbw_prepare_<split>.jsonl`` in the root). A killed run continues where
 it stopped; at the end the journal is merged into ``gbw_class_stats_<split>.json`` (written
 atomically) and removed. A second run finds every output in place and does no work.
+
+``panoptic=True`` (``--panoptic``; SYNTHIA and Cityscapes) also writes each image's panoptic map
+(:mod:`gbw.data.panoptic`: ``*_panopticTrainIds.png`` next to the raw label, 16-bit) from the
+label's instance channel (SYNTHIA) or ``*_gtFine_instanceIds.png`` (Cityscapes, with
+cityscapesscripts' createPanopticImgs rules; needs ``pip install 'gbw[cityscapes]'``). Its
+classes must equal the trainId label pixel for pixel. The class statistics do not change.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 from gbw.data.classes import CITYSCAPES_CLASSES, NUM_CLASSES
 from gbw.data.io import write_png
 from gbw.data.real import (
+    PANOPTIC_SUFFIX,
     TRAIN_ID_SUFFIX,
     Pair,
     RealDataset,
@@ -149,6 +156,8 @@ class _Job:
     image: str
     raw_label: str | None
     prepared_label: str
+    panoptic_source: str | None = None  # with --panoptic: the file the map is made from
+    panoptic_out: str | None = None
 
 
 def _image_size(path: str) -> tuple[int, int]:
@@ -187,6 +196,10 @@ def _prepare_one(job: _Job) -> dict:
                     f"image {width}x{height}"
                 ),
             }
+        if job.panoptic_out is not None:
+            error = _prepare_panoptic(cls, job, train_ids)
+            if error:
+                return {"name": job.name, "error": error}
         if job.raw_label is not None:
             write_png(job.prepared_label, train_ids)
     except (OSError, ValueError) as exc:
@@ -197,6 +210,27 @@ def _prepare_one(job: _Job) -> dict:
         "unknown": unknown,
         "ignored": ignored,
     }
+
+
+def _prepare_panoptic(cls: type[RealDataset], job: _Job, train_ids: np.ndarray) -> str | None:
+    """Write the panoptic map of one image; a message when it does not fit its label."""
+    from gbw.data.panoptic import semantic_of, write_panoptic
+
+    assert job.panoptic_source is not None and job.panoptic_out is not None
+    panoptic = cls.make_panoptic(Path(job.panoptic_source))
+    if panoptic.shape != train_ids.shape:
+        return (
+            f"{job.panoptic_source}: size {panoptic.shape[1]}x{panoptic.shape[0]} does not match "
+            f"the label {train_ids.shape[1]}x{train_ids.shape[0]}"
+        )
+    differ = int((semantic_of(panoptic) != train_ids).sum())
+    if differ:
+        return (
+            f"{job.panoptic_source}: the classes of its panoptic map differ from the trainId "
+            f"label at {differ} pixel(s); the two annotation files do not belong together"
+        )
+    write_panoptic(job.panoptic_out, panoptic)
+    return None
 
 
 # --- the whole dataset --------------------------------------------------------------------------
@@ -215,6 +249,7 @@ class SplitReport:
     ignored_ids: dict[str, list[int]] = field(default_factory=dict)
     stats_file: Path | None = None
     stats_written: bool = False
+    panoptic: bool = False  # panoptic maps were asked for (and written where needed)
 
 
 def _load_journal(path: Path) -> dict[str, dict]:
@@ -240,6 +275,16 @@ def _is_fresh(pair: Pair) -> bool:
     return pair.prepared_label.stat().st_mtime_ns >= pair.raw_label.stat().st_mtime_ns
 
 
+def _panoptic_fresh(cls: type[RealDataset], pair: Pair) -> bool:
+    """The panoptic map exists and is not older than the file it is made from."""
+    if not pair.has_panoptic or pair.prepared_panoptic is None:
+        return False
+    source = cls.panoptic_source_for(pair.raw_label)
+    if not source.is_file():
+        return True
+    return pair.prepared_panoptic.stat().st_mtime_ns >= source.stat().st_mtime_ns
+
+
 def prepare_split(
     cls: type[RealDataset],
     root: Path,
@@ -249,12 +294,15 @@ def prepare_split(
     force: bool = False,
     progress: bool = True,
     on_result: Callable[[dict], None] | None = None,
+    panoptic: bool = False,
 ) -> SplitReport:
     """Prepare one split of ``cls`` under ``root`` (see the module docstring)."""
     from tqdm import tqdm
 
     pairs = cls.scan(root, split).pairs
-    report = SplitReport(split=split, total=len(pairs), stats_file=stats_path(root, split))
+    report = SplitReport(
+        split=split, total=len(pairs), stats_file=stats_path(root, split), panoptic=panoptic
+    )
     _remove_stale_temp_files({p.prepared_label.parent for p in pairs})
     final = stats_path(root, split)
     journal_file = journal_path(root, split)
@@ -277,9 +325,14 @@ def prepare_split(
                 f"{pair.raw_label}: label file not found (expected for image {pair.image})"
             )
             continue
-        if not force and pair.name in known and _is_fresh(pair):
+        fresh = _is_fresh(pair) and (not panoptic or _panoptic_fresh(cls, pair))
+        if not force and pair.name in known and fresh:
             report.reused += 1
             continue
+        pan_source = pan_out = None
+        if panoptic:
+            pan_source = str(cls.panoptic_source_for(pair.raw_label))
+            pan_out = str(pair.prepared_panoptic)
         todo.append(
             _Job(
                 dataset=cls.NAME,
@@ -287,6 +340,8 @@ def prepare_split(
                 image=str(pair.image),
                 raw_label=str(pair.raw_label) if pair.has_raw else None,
                 prepared_label=str(pair.prepared_label),
+                panoptic_source=pan_source,
+                panoptic_out=pan_out,
             )
         )
 
@@ -336,7 +391,7 @@ def _remove_stale_temp_files(folders: Iterable[Path]) -> None:
     """Delete the temp files of label writes that a killed run left behind."""
     for folder in folders:
         for name in _list_files(folder, ".tmp"):
-            if name.startswith(".") and TRAIN_ID_SUFFIX in name:
+            if name.startswith(".") and (TRAIN_ID_SUFFIX in name or PANOPTIC_SUFFIX in name):
                 (folder / name).unlink(missing_ok=True)
 
 
@@ -355,16 +410,32 @@ def prepare_dataset(
     force: bool = False,
     progress: bool = True,
     splits: Iterable[str] | None = None,
+    panoptic: bool = False,
 ) -> list[SplitReport]:
-    """Prepare every split of ``dataset`` under ``root``; FileNotFoundError on a wrong root."""
+    """Prepare every split of ``dataset`` under ``root``; FileNotFoundError on a wrong root.
+
+    ``panoptic``: also write the panoptic maps (ValueError for a dataset without instances,
+    ImportError naming ``gbw[cityscapes]`` when cityscapesscripts is missing for Cityscapes).
+    """
     cls = dataset_class(dataset)
     root = Path(root) if root is not None else Path(cls.DEFAULT_ROOT)
     splits = tuple(splits) if splits is not None else cls.SPLITS
+    if panoptic and not cls.HAS_INSTANCES:
+        raise ValueError(
+            f"{cls.TITLE} has no instance annotations; --panoptic is for synthia and cityscapes"
+        )
+    if panoptic and cls.NAME == "cityscapes":
+        from gbw.data.panoptic import cityscapes_panoptic_table
+
+        cityscapes_panoptic_table()  # fail before any work when cityscapesscripts is missing
     error = cls.layout_error(root, splits)
     if error:
         raise FileNotFoundError(error)
     return [
-        prepare_split(cls, root, s, workers=workers, force=force, progress=progress) for s in splits
+        prepare_split(
+            cls, root, s, workers=workers, force=force, progress=progress, panoptic=panoptic
+        )
+        for s in splits
     ]
 
 

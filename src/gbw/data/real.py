@@ -26,6 +26,7 @@ from gbw.data.classes import EVAL_SUBSETS, IGNORE_INDEX, NUM_CLASSES
 from gbw.data.io import decode_rgb, read_label_png
 
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"
+PANOPTIC_SUFFIX = "_panopticTrainIds.png"  # `gbw data prepare --panoptic` (gbw.data.panoptic)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Pair:
     prepared_label: Path  # the trainId PNG written by `gbw data prepare`
     has_raw: bool
     has_prepared: bool
+    prepared_panoptic: Path | None = None  # the panoptic map `prepare --panoptic` writes
+    has_panoptic: bool = False
 
     @property
     def label(self) -> Path | None:
@@ -87,6 +90,9 @@ class RealDataset(SegmentationDataset):
             are not trusted (HRDA/MIC: 30, 240, 30, 30). Adds a ``valid_pseudo_mask`` bool (H, W)
             to each sample, carried through the transform's crop and flip.
         limit: keep only the first ``limit`` images (sorted by name), for quick runs.
+        with_panoptic: add each image's panoptic map (:mod:`gbw.data.panoptic`) as
+            ``"panoptic"`` (int64 (H, W)), cropped and flipped with the label; needs labels and
+            the files of ``gbw data prepare <dataset> --panoptic``.
     """
 
     NAME: ClassVar[str] = ""
@@ -104,6 +110,8 @@ class RealDataset(SegmentationDataset):
     LABEL_DTYPE: ClassVar[type] = np.uint8
     EVAL_CLASSES: ClassVar[dict[str, tuple[int, ...]]] = {"19": EVAL_SUBSETS["19"]}
     LAYOUT_HINT: ClassVar[str] = ""
+    # the dataset has instance annotations (`gbw data prepare --panoptic`)
+    HAS_INSTANCES: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -114,6 +122,7 @@ class RealDataset(SegmentationDataset):
         transform: Transform | None = None,
         pseudo_margins: Sequence[int] | None = None,
         limit: int | None = None,
+        with_panoptic: bool = False,
     ) -> None:
         root = Path(root) if root is not None else Path(self.DEFAULT_ROOT)
         if split not in self.SPLITS:
@@ -136,6 +145,8 @@ class RealDataset(SegmentationDataset):
                     f"{missing[0].image}); {len(missing)} of {len(pairs)} labels are missing, "
                     f"run `gbw data check {self.NAME} --root {root}` for the full list"
                 )
+        if with_panoptic:
+            self._check_panoptic(root, pairs, with_labels)
         super().__init__(
             [SampleFiles(p.name, p.image, p.label) for p in pairs],
             with_labels=with_labels,
@@ -145,6 +156,22 @@ class RealDataset(SegmentationDataset):
         self.split = split
         self.pairs = pairs
         self.pseudo_margins = tuple(pseudo_margins) if pseudo_margins is not None else None
+        self.with_panoptic = with_panoptic
+
+    def _check_panoptic(self, root: Path, pairs: list[Pair], with_labels: bool) -> None:
+        if not self.HAS_INSTANCES:
+            raise ValueError(f"{self.TITLE} has no instance annotations: no panoptic maps")
+        if not with_labels:
+            raise ValueError(
+                "with_panoptic needs with_labels=True (target training sets carry no labels)"
+            )
+        missing = [p for p in pairs if not p.has_panoptic]
+        if missing:
+            raise FileNotFoundError(
+                f"{missing[0].prepared_panoptic}: panoptic map not found ({len(missing)} of "
+                f"{len(pairs)} missing); run `gbw data prepare {self.NAME} --panoptic --root "
+                f"{root}` first"
+            )
 
     # --- layout -----------------------------------------------------------------------------
 
@@ -208,6 +235,21 @@ class RealDataset(SegmentationDataset):
         raise NotImplementedError
 
     @classmethod
+    def prepared_panoptic_for(cls, raw_label: Path) -> Path:
+        """Where ``gbw data prepare --panoptic`` writes the panoptic map of ``raw_label``."""
+        return raw_label.with_name(raw_label.name[: -len(".png")] + PANOPTIC_SUFFIX)
+
+    @classmethod
+    def panoptic_source_for(cls, raw_label: Path) -> Path:
+        """The file the panoptic map of ``raw_label`` is made from (datasets with instances)."""
+        raise ValueError(f"{cls.TITLE} has no instance annotations")
+
+    @classmethod
+    def make_panoptic(cls, source: Path) -> np.ndarray:
+        """The panoptic ids (int64 (H, W), :mod:`gbw.data.panoptic`) from ``source``."""
+        raise ValueError(f"{cls.TITLE} has no instance annotations")
+
+    @classmethod
     def scan(cls, root: str | Path, split: str) -> Scan:
         """Pair every image of ``split`` with its label files, one directory listing per folder."""
         root = Path(root)
@@ -216,17 +258,21 @@ class RealDataset(SegmentationDataset):
         present = set(raw_labels)
         # The prepared labels sit next to the raw ones; list those folders once.
         prepared: set[Path] = set()
+        panoptic: set[Path] = set()
         for folder in sorted(
             {p.parent for p in raw_labels}
             | {cls.raw_label_for(root, split, i).parent for i in images}
         ):
             prepared.update(folder / n for n in _list_files(folder, TRAIN_ID_SUFFIX))
+            if cls.HAS_INSTANCES:
+                panoptic.update(folder / n for n in _list_files(folder, PANOPTIC_SUFFIX))
         pairs = []
         expected_raw = set()
         for image in images:
             raw = cls.raw_label_for(root, split, image)
             expected_raw.add(raw)
             done = cls.prepared_label_for(raw)
+            pan = cls.prepared_panoptic_for(raw) if cls.HAS_INSTANCES else None
             pairs.append(
                 Pair(
                     name=image.relative_to(root).as_posix(),
@@ -235,6 +281,8 @@ class RealDataset(SegmentationDataset):
                     prepared_label=done,
                     has_raw=raw in present,
                     has_prepared=done in prepared,
+                    prepared_panoptic=pan,
+                    has_panoptic=pan in panoptic,
                 )
             )
         orphans = [p for p in raw_labels if p not in expected_raw]
@@ -282,24 +330,56 @@ class RealDataset(SegmentationDataset):
 
     # --- samples ----------------------------------------------------------------------------
 
-    def make_sample(self, index: int, image: np.ndarray, label: np.ndarray | None) -> Sample:
-        if self.pseudo_margins is None:
+    def load(self, index: int) -> tuple[np.ndarray, ...]:
+        """(image, label) as the base class, plus the panoptic ids with ``with_panoptic``."""
+        image, label = super().load(index)
+        if not self.with_panoptic:
+            return image, label
+        from gbw.data.panoptic import read_panoptic
+
+        path = self.pairs[index].prepared_panoptic
+        panoptic = read_panoptic(path)
+        if panoptic.shape != image.shape[:2]:
+            raise ValueError(
+                f"{path}: size {panoptic.shape[1]}x{panoptic.shape[0]} does not match image "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        return image, label, panoptic
+
+    def make_sample(
+        self,
+        index: int,
+        image: np.ndarray,
+        label: np.ndarray | None,
+        panoptic: np.ndarray | None = None,
+    ) -> Sample:
+        if self.pseudo_margins is None and panoptic is None:
             return super().make_sample(index, image, label)
+        from gbw.data.panoptic import from_transform_code, to_transform_code
         from gbw.data.transforms import margin_mask
 
         # HRDA/MIC: the margin mask is drawn on the full image and then cropped with it, so only
-        # crops at the image border lose pseudo-labels.
-        mask = margin_mask(image.shape[0], image.shape[1], self.pseudo_margins)
+        # crops at the image border lose pseudo-labels. The panoptic map travels as a mask too
+        # (nearest, in its transform code: padding is void).
+        masks = []
+        if self.pseudo_margins is not None:
+            masks.append(margin_mask(image.shape[0], image.shape[1], self.pseudo_margins))
+        if panoptic is not None:
+            masks.append(to_transform_code(panoptic))
         if self.transform is not None:
             apply = getattr(self.transform, "apply", None)
             if apply is None:
                 raise TypeError(
-                    "pseudo_margins needs a transform with an apply(image, label, masks) method "
-                    "(gbw.data.transforms.TrainTransform) to crop the mask with the image"
+                    "pseudo_margins and panoptic maps need a transform with an "
+                    "apply(image, label, masks) method (gbw.data.transforms.TrainTransform) to "
+                    "crop them with the image"
                 )
-            image, label, (mask,) = apply(image, label, [mask])
+            image, label, masks = apply(image, label, masks)
         out = self.to_sample(self.samples[index].name, image, label)
-        out["valid_pseudo_mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+        if self.pseudo_margins is not None:
+            out["valid_pseudo_mask"] = torch.from_numpy(np.ascontiguousarray(masks.pop(0)))
+        if panoptic is not None:
+            out["panoptic"] = torch.from_numpy(from_transform_code(masks.pop(0)))
         return out
 
     def __repr__(self) -> str:
@@ -336,7 +416,8 @@ class FlatFolderDataset(RealDataset):
     @classmethod
     def list_raw_labels(cls, root: Path, split: str) -> list[Path]:
         base = root / cls.label_dir(split)
-        return [base / n for n in _list_files(base, ".png") if not n.endswith(TRAIN_ID_SUFFIX)]
+        prepared = (TRAIN_ID_SUFFIX, PANOPTIC_SUFFIX)
+        return [base / n for n in _list_files(base, ".png") if not n.endswith(prepared)]
 
 
 def _init_cv_worker() -> None:
@@ -353,7 +434,10 @@ def parallel_map(
     if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    # forkserver: workers fork from a fresh, single-threaded server process; a plain fork of a
+    # process that runs threads (torch, tqdm's monitor) can deadlock in the child
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
     with ctx.Pool(workers, initializer=_init_cv_worker) as pool:
         imap = pool.imap if ordered else pool.imap_unordered
         yield from imap(fn, jobs, chunksize=4)

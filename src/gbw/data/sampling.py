@@ -220,13 +220,13 @@ class RareClassDataset(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, c = int(key[0]), int(key[1])
-        image, label = self.dataset.load(index)
-        sample = self.dataset.make_sample(index, image, label)
+        arrays = self.dataset.load(index)  # (image, label, ...): e.g. a panoptic map too
+        sample = self.dataset.make_sample(index, *arrays)
         if self.min_crop_ratio > 0:
             needed = self.min_pixels * self.min_crop_ratio
             for _ in range(self.crop_retries):
                 if int((sample["label"] == c).sum()) > needed:  # type: ignore[operator]
                     break
-                sample = self.dataset.make_sample(index, image, label)
+                sample = self.dataset.make_sample(index, *arrays)
         sample["rcs_class"] = torch.tensor(c)
         return sample

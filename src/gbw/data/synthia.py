@@ -61,6 +61,7 @@ class Synthia(FlatFolderDataset):
 
     IMAGE_DIR = "RGB"
     LABEL_DIR = "GT/LABELS"
+    HAS_INSTANCES = True  # the label's second channel (panoptic maps: gbw.data.panoptic)
 
     @classmethod
     def read_label_channels(cls, path: Path) -> np.ndarray:
@@ -82,3 +83,16 @@ class Synthia(FlatFolderDataset):
     def read_instance_ids(cls, path: Path) -> np.ndarray:
         """The instance ids (second channel) of a raw SYNTHIA label file, (H, W) uint16."""
         return cls.read_label_channels(path)[:, :, 1]
+
+    @classmethod
+    def panoptic_source_for(cls, raw_label: Path) -> Path:
+        return raw_label
+
+    @classmethod
+    def make_panoptic(cls, source: Path) -> np.ndarray:
+        """Panoptic ids from a raw label: classes from the first channel, instances from the
+        second (EDAPS's SYNTHIA rule, :func:`gbw.data.panoptic.panoptic_from_instances`)."""
+        from gbw.data.panoptic import panoptic_from_instances
+
+        channels = cls.read_label_channels(source)
+        return panoptic_from_instances(cls.to_train_ids(channels[:, :, 0]), channels[:, :, 1])

@@ -50,14 +50,28 @@ def build_dataset(
     """A dataset from its config: MiniCity or a real dataset, with the training transform."""
     transform = train_transform(spec) if train else None
     limit = spec.subset or None
+    if spec.panoptic and not with_labels:
+        raise ValueError(
+            "data.target.panoptic: panoptic maps are labels; the target training set has none"
+        )
     if spec.pseudo_margins is not None and spec.name == "minicity":
         raise ValueError(
             "data.*.pseudo_margins needs a real dataset (gta, synthia, cityscapes); for MiniCity "
             "use the crop-level uda.pseudo_margins"
         )
     if spec.name == "minicity":
+        import inspect
+
         from gbw.data.minicity import MiniCity
 
+        panoptic = {}
+        if spec.panoptic:
+            if "with_panoptic" not in inspect.signature(MiniCity).parameters:
+                raise ValueError(
+                    "data.*.panoptic on MiniCity needs MiniCity v2 (instance maps, "
+                    "MiniCity(..., with_panoptic=True)); this MiniCity has none"
+                )
+            panoptic = {"with_panoptic": True}
         ds = MiniCity(
             spec.split,
             spec.root or None,
@@ -65,6 +79,7 @@ def build_dataset(
             size=exp.data.minicity_size,
             with_labels=with_labels,
             transform=transform,
+            **panoptic,
         )
         if limit:
             ds.samples = ds.samples[:limit]
@@ -77,6 +92,8 @@ def build_dataset(
     extra: dict[str, Any] = {}
     if spec.pseudo_margins is not None:
         extra["pseudo_margins"] = tuple(spec.pseudo_margins)
+    if spec.panoptic:
+        extra["with_panoptic"] = True
     return cls(
         spec.root or None,
         spec.split,
@@ -135,7 +152,7 @@ class InMemory(Dataset):
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset = dataset
         self.transform = dataset.transform
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cache: dict[int, tuple[np.ndarray | None, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -144,18 +161,17 @@ class InMemory(Dataset):
     def with_labels(self) -> bool:
         return self.dataset.with_labels
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def load(self, index: int) -> tuple[np.ndarray | None, ...]:
         """The decoded arrays of sample ``index`` (decoded once, then from RAM)."""
         if index not in self._cache:
             self._cache[index] = self.dataset.load(index)
         return self._cache[index]
 
-    def make_sample(self, index: int, image: np.ndarray, label: np.ndarray | None) -> Any:
-        return self.dataset.make_sample(index, image, label)
+    def make_sample(self, index: int, *arrays: np.ndarray | None) -> Any:
+        return self.dataset.make_sample(index, *arrays)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.load(index)
-        return self.make_sample(index, image, label)  # type: ignore[return-value]
+        return self.make_sample(index, *self.load(index))  # type: ignore[return-value]
 
 
 class SeededSamples(Dataset):
@@ -286,7 +302,9 @@ def build_train_loader(
 ) -> DataLoader:
     """An endless loader whose ``k``-th batch is the run's batch ``start_step + k``.
 
-    With ``data.source.rcs`` the source samples are drawn by rare-class sampling.
+    With ``data.source.rcs`` the source samples are drawn by rare-class sampling; with
+    ``data.<domain>.panoptic`` each sample also carries its detection targets
+    (``"instances"``, computed in the workers after the crop; a list in the batch).
     """
     bs = exp.data.batch_size
     spec = exp.data.source if domain == "source" else exp.data.target
@@ -316,6 +334,11 @@ def build_train_loader(
         sampler = StepSampler(
             len(dataset), exp.seed, domain, start=start_step * bs, rank=rank, world=world
         )
+    collate = None
+    if spec.panoptic:
+        from gbw.data.panoptic import WithInstances, collate_panoptic
+
+        dataset, collate = WithInstances(dataset), collate_panoptic
     workers = exp.data.num_workers
     return DataLoader(
         SeededSamples(dataset),
@@ -324,6 +347,7 @@ def build_train_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         drop_last=True,
+        collate_fn=collate,
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,

@@ -11,7 +11,7 @@ MIC), True as ADVENT ``eval_UDA.py``, AdaptSegNet ``evaluate_cityscapes.py`` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,22 +102,11 @@ def evaluate(
     ``on_prediction(names, pred)`` sees every batch's predictions (B, H, W) at label size,
     e.g. to write them for the official Cityscapes evaluator (``gbw eval --official``).
     """
-    n = len(dataset) if not cfg.subset else min(cfg.subset, len(dataset))  # type: ignore[arg-type]
-    shard = Subset(dataset, list(range(rank, n, world)))
-    loader = DataLoader(
-        shard, batch_size=cfg.batch_size, num_workers=num_workers, collate_fn=_collate
-    )
+    loader = eval_loader(dataset, cfg, rank, world, num_workers, _collate)
     cm = ConfusionMatrix(num_classes, device=device)
-    was_training = model.training
-    model.eval()
     ctx = autocast or contextlib.nullcontext
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
-    try:
-        for batch in it:
+    with eval_mode(model):
+        for batch in with_progress(loader, progress, "eval"):
             image = batch["image"].to(device, non_blocking=True)
             label = batch["label"].to(device, non_blocking=True)
             with ctx():
@@ -126,10 +115,42 @@ def evaluate(
             cm.update(pred, label)
             if on_prediction is not None:
                 on_prediction(list(batch["name"]), pred)
-    finally:
-        model.train(was_training)
     cm.all_reduce()
     return cm.compute(classes)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block, its own mode again after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def with_progress(loader: Iterable, progress: bool, desc: str) -> Iterable:
+    """``loader``, behind a tqdm bar when ``progress``."""
+    if not progress:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def eval_loader(
+    dataset: Dataset,
+    cfg: EvalConfig,
+    rank: int,
+    world: int,
+    num_workers: int,
+    collate: Callable[[list[dict]], dict],
+) -> DataLoader:
+    """This rank's share of the first ``eval.subset`` images (all when 0), in batches."""
+    n = len(dataset) if not cfg.subset else min(cfg.subset, len(dataset))  # type: ignore[arg-type]
+    shard = Subset(dataset, list(range(rank, n, world)))
+    return DataLoader(shard, batch_size=cfg.batch_size, num_workers=num_workers, collate_fn=collate)
 
 
 def _collate(samples: list[dict]) -> dict:

@@ -14,7 +14,13 @@ format             file                             content
                                                     test server read (``<id>`` is the name
                                                     without ``_leftImg8bit``)
 ``--overlay``      ``<name>_overlay.png``           the colour mask blended over the photo
+``panoptic``       ``<name>_panoptic.png`` + .json  panoptic runs (EDAPS): COCO panoptic PNG
+                                                    and segments (default besides ``color``)
+``panoptic_ids``   ``<name>_panopticTrainIds.png``  panoptic runs: gbw's 16-bit panoptic map
 =================  ===============================  ==========================================
+
+Panoptic runs (:mod:`gbw.engine.predict_panoptic`) predict whole images at native size with the
+EDAPS fusion; their ``--overlay`` shows the segments.
 
 Two inputs with the same name but different extensions (``a.png``, ``a.webp``) keep their
 extension in the mask name (``a.png_color.png``, ``a.webp_color.png``); inputs that would
@@ -36,9 +42,10 @@ others are still processed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,12 +62,15 @@ from gbw.engine.runs import load_trained
 from gbw.fileio import OutputError, describe_os_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
-FORMATS = ("color", "trainids", "cityscapes")
+PANOPTIC_FORMATS = ("panoptic", "panoptic_ids")
+FORMATS = ("color", "trainids", "cityscapes", *PANOPTIC_FORMATS)
 _SUFFIX = {
     "color": "_color.png",
     "trainids": "_trainIds.png",
     "cityscapes": "_labelIds.png",
     "overlay": "_overlay.png",
+    "panoptic": "_panoptic.png",  # + <name>_panoptic.json (COCO panoptic)
+    "panoptic_ids": "_panopticTrainIds.png",
 }
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 
@@ -300,13 +310,20 @@ def predict_image(
     return labels_at(logits, (h, w))[0].to(torch.uint8).cpu().numpy()
 
 
-def _write(path: Path, array: np.ndarray) -> None:
-    """``write_png`` with one clear line for a full disk or a folder that cannot be written."""
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """One clear line (:class:`PredictError`) for a full disk or a folder that cannot be
+    written while ``path`` is written inside the block."""
     try:
-        write_png(path, array)
-    except OSError as exc:  # write_png's OutputError already names the path and the reason
+        yield
+    except OSError as exc:  # gbw.fileio's OutputError already names the path and the reason
         line = str(exc) if isinstance(exc, OutputError) else describe_os_error(exc, path)
         raise PredictError(line) from None
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    with _writing(path):
+        write_png(path, array)
 
 
 def predict_files(
@@ -314,7 +331,8 @@ def predict_files(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
-    formats: Sequence[str] = ("color",),
+    formats: Sequence[str] | None = None,
+    also: Sequence[str] = (),
     overlay_images: bool = False,
     scale: float | None = None,
     mode: str | None = None,
@@ -324,7 +342,8 @@ def predict_files(
     on_file: Callable[[str], None] | None = None,
 ) -> PredictReport:
     """Predict every input image (files or folders) with a trained run; see the module
-    docstring for names and protocol. ``mode`` overrides ``eval.mode`` (whole | slide);
+    docstring for names and protocol. ``formats=None`` is the run's default, ``also`` adds
+    formats to it (``--trainids``). ``mode`` overrides ``eval.mode`` (whole | slide);
     ``config`` is the experiment YAML for a weight file of ``gbw convert``; ``on_file`` gets
     one line per failed file and per note as they happen.
 
@@ -332,6 +351,8 @@ def predict_files(
     outputs; while writing: a full or read-only output folder). Files that cannot be read are
     listed in ``report.failed`` and the others are still processed.
     """
+    default_formats = formats is None  # the run's default: color (+ panoptic for EDAPS runs)
+    formats = list(dict.fromkeys([*(["color"] if formats is None else formats), *also]))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise PredictError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -353,6 +374,15 @@ def predict_files(
             f"--format cityscapes needs a 19-class Cityscapes model; this one has "
             f"{exp.model.num_classes} classes"
         )
+    panoptic = getattr(model, "instance_head", None) is not None  # EDAPS: detector + fusion
+    if panoptic:
+        if scale is not None:
+            raise PredictError("--scale: panoptic runs predict whole images at native size")
+        if default_formats:  # the COCO panoptic files besides the semantic colour mask
+            wanted = list(dict.fromkeys([*wanted, "panoptic"]))
+            jobs = plan_outputs(images, out_dir, wanted)
+    elif any(f in PANOPTIC_FORMATS for f in wanted):
+        raise PredictError(f"--format {'/'.join(PANOPTIC_FORMATS)} needs a panoptic (EDAPS) run")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -374,10 +404,21 @@ def predict_files(
             report.notes.append(f"{job.image}: {note}")
             if on_file:
                 on_file(f"note: {job.image}: {note}")
-        pred = predict_image(model, rgb, exp, scale=scale, device=device)
+        pan = None
+        if panoptic:
+            from gbw.engine.predict_panoptic import predict_panoptic_image
+
+            pred, pan = predict_panoptic_image(model, rgb, exp, device=device)
+        else:
+            pred = predict_image(model, rgb, exp, scale=scale, device=device)
         colors = None
         for fmt, target in job.outputs.items():
-            if fmt == "color":
+            if pan is not None and (fmt in PANOPTIC_FORMATS or fmt == "overlay"):
+                from gbw.engine.predict_panoptic import write_panoptic_output
+
+                with _writing(target):
+                    write_panoptic_output(fmt, target, rgb, pan, job.image)
+            elif fmt == "color":
                 colors = colorize(pred, exp.model.num_classes, colors_of)
                 _write(target, colors)
             elif fmt == "trainids":

@@ -294,13 +294,26 @@ def graph_mode(exp: ExperimentConfig, fabric: Any) -> bool:
     flag = exp.train.cuda_graph
     if flag is None and exp.train.on_nonfinite == "skip_step":
         return False  # skipping decides on the host, between capture-free eager steps
+    from gbw.uda.registry import method_class
+
+    capturable = getattr(method_class(exp.method), "cuda_graph_capturable", True)
+    if flag and not capturable:
+        raise ValueError(
+            f"train.cuda_graph: method {exp.method!r} has data-dependent shapes (a detector) "
+            "and cannot be captured; set train.cuda_graph=false"
+        )
     if flag and exp.train.compile:
         raise ValueError(
             "train.compile and train.cuda_graph are alternatives: a compiled network that "
             "recompiles during the capture breaks it; set one of them to false"
         )
     if flag is None:
-        return fabric.device.type == "cuda" and fabric.world_size == 1 and not exp.train.compile
+        return (
+            fabric.device.type == "cuda"
+            and fabric.world_size == 1
+            and not exp.train.compile
+            and capturable
+        )
     return bool(flag)
 
 

@@ -66,7 +66,11 @@ class WeightTracker:
                     "max": float(t["max"][i]),
                     "steps": int(t["n"][i]),
                 }
-                for i, name in enumerate(class_names[: mean.numel()])
+                for i, name in enumerate(
+                    class_names
+                    if len(class_names) == mean.numel()
+                    else map(str, range(mean.numel()))
+                )
             }
         return out
 

@@ -85,10 +85,16 @@ def weighting_factory(exp: ExperimentConfig):
     elif w.name == "focal":
         kwargs = {"gamma": w.gamma}
 
-    def make(term: str) -> ClassWeighting:
+    def make(term: str, num_classes: int | None = None) -> ClassWeighting:
+        n = exp.model.num_classes if num_classes is None else num_classes
         if w.terms and term not in w.terms:
-            return NoWeighting(exp.model.num_classes)
-        return make_weighting(w.name, exp.model.num_classes, class_stats=stats, **kwargs)
+            return NoWeighting(n)
+        if n != exp.model.num_classes and w.name in ("if", "pf"):
+            raise ValueError(
+                f"weighting.name={w.name} has class statistics of the {exp.model.num_classes} "
+                f"model classes, not of the {n} classes of loss term {term!r}"
+            )
+        return make_weighting(w.name, n, class_stats=stats, **kwargs)
 
     return make
 
@@ -250,6 +256,12 @@ def _make_fabric(exp: ExperimentConfig):
     strategy = t.strategy
     if strategy == "auto" and t.devices * t.num_nodes > 1:
         strategy = "ddp"
+    if strategy == "ddp" and getattr(method_class(exp.method), "ddp_find_unused_parameters", False):
+        from lightning_fabric.strategies import DDPStrategy
+
+        # a method whose passes use part of the network each (EDAPS: the instance decoder is
+        # idle on the target)
+        strategy = DDPStrategy(find_unused_parameters=True)
     return Fabric(
         accelerator=accelerator,
         devices=t.devices,
@@ -420,7 +432,11 @@ def train(
     confusion: list[list[list[int]] | None] = [None]  # of the latest evaluation
 
     def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(
+        if exp.data.val.panoptic:  # PQ/SQ/RQ of the fused maps + IoU of the semantic branch
+            from gbw.engine.evaluate_panoptic import evaluate_panoptic as evaluate_fn
+        else:
+            evaluate_fn = evaluate
+        metrics = evaluate_fn(
             method.eval_model(),
             val,
             exp.eval,

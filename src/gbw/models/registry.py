@@ -23,6 +23,10 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # HRDA's multi-resolution DAFormer (context + detail, scale attention)
     "hrda_daformer_mitb5": ("gbw.models.hrda:build_hrda_daformer", {"encoder": "b5"}),
     "hrda_daformer_mit": ("gbw.models.hrda:build_hrda_daformer", {}),
+    # EDAPS: DAFormer + Mask R-CNN style instance decoder (panoptic)
+    "edaps_mitb5": ("gbw.models.edaps:build_edaps", {"encoder": "b5"}),
+    "edaps_mit": ("gbw.models.edaps:build_edaps", {}),
+    "edaps_tiny": ("gbw.models.edaps:build_edaps_tiny", {}),  # on the tiny MiT, for the CPU
     "tinyseg": ("gbw.models.tiny:TinySeg", {}),
 }
 

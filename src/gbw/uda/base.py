@@ -194,15 +194,20 @@ class UDAMethod(nn.Module):
         self._make_weighting = weighting
         self.weightings: dict[str, ClassWeighting] = {}
 
-    def weighting(self, term: str, *, reuse: str | None = None) -> ClassWeighting:
+    def weighting(
+        self, term: str, *, reuse: str | None = None, num_classes: int | None = None
+    ) -> ClassWeighting:
         """The class-weighting strategy of one loss term (created on first use, then kept).
 
         ``reuse=<other term>`` makes this term apply the weights the other term computed at
         its last call (:class:`ReusedWeighting`) instead of computing its own.
+        ``num_classes``: a term over other classes than the model's (EDAPS's RoI classes).
         """
         if term not in self.weightings:
             if reuse is not None:
                 self.weightings[term] = ReusedWeighting(self.weighting(reuse), reuse)
+            elif num_classes is not None:
+                self.weightings[term] = self._make_weighting(term, num_classes=num_classes)
             else:
                 self.weightings[term] = self._make_weighting(term)
         return self.weightings[term]

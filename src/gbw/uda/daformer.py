@@ -137,18 +137,25 @@ class DAFormer(DACS):
 
     def source_loss(self, source: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         # a) supervised cross-entropy on the source crops
-        with_fd = self.imnet is not None
         loss, logs, out = self.segmentation_loss(
             "src",
             source["image"],
             source["label"],
             reduction=self.cfg.src_ce_reduction,
-            features=with_fd,
+            features=self.imnet is not None,
         )
-        if with_fd:
-            # b) thing-class ImageNet feature distance. DAFormer back-propagates it after the
-            # cross-entropy with retain_graph; one backward of the sum gives the same gradient.
-            fd = self.feature_distance(out["features"], source["image"], source["label"])
-            loss = loss + self.cfg.fd_lambda * fd
-            logs["src.fd"] = fd.detach()
-        return loss, logs
+        # b) thing-class ImageNet feature distance
+        return self.add_feature_distance(loss, logs, out, source)
+
+    def add_feature_distance(
+        self, loss: Tensor, logs: dict[str, Tensor], out: dict, source: Batch
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``loss + fd_lambda * feature distance`` of the source forward ``out`` (which holds
+        ``"features"`` when the distance is on), and its log ``src.fd``. DAFormer
+        back-propagates it after the cross-entropy with retain_graph; one backward of the sum
+        gives the same gradient."""
+        if self.imnet is None:
+            return loss, logs
+        fd = self.feature_distance(out["features"], source["image"], source["label"])
+        logs["src.fd"] = fd.detach()
+        return loss + self.cfg.fd_lambda * fd, logs

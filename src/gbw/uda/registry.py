@@ -14,6 +14,8 @@ METHODS: dict[str, str] = {
     "daformer": "gbw.uda.daformer:DAFormer",
     "hrda": "gbw.uda.hrda:HRDA",
     "mic": "gbw.uda.mic:MIC",
+    "edaps": "gbw.uda.edaps:EDAPS",  # panoptic: DAFormer + instance decoder losses on the source
+    "edaps_source_only": "gbw.uda.edaps:EDAPSSourceOnly",
 }
 
 
