@@ -202,48 +202,50 @@ def _signal(sums: Tensor, counts: Tensor, count_offset: float) -> Tensor:
 
 def _pass_torch(z, y, w, ignore_index, variant, count_offset, sync, group):
     dtype = compute_dtype(z)
-    batch, num_classes, length = z.shape
+    batch, num_classes, _ = z.shape
     valid = y != ignore_index
     yc = torch.where(valid, y, 0).long()
-    w2 = valid.to(dtype) if w is None else torch.where(valid, w.to(dtype).square(), 0)
+    validf = valid.to(dtype)
+    w2 = validf if w is None else torch.where(valid, w.to(dtype).square(), 0)
     counts = torch.zeros(num_classes, dtype=dtype, device=z.device)
-    counts.index_add_(0, yc.flatten(), valid.flatten().to(dtype))
+    counts.index_add_(0, yc.flatten(), validf.flatten())
     distributed = _distributed(sync)
     if variant == "channel":
         if distributed:
             counts = _all_reduce_(counts, group)
         s = w2 * (1.0 / (counts + count_offset).clamp_min(1e-12).square())[yc]
         g = torch.zeros(num_classes, dtype=dtype, device=z.device)
-    else:
-        per = torch.empty(batch, length, dtype=dtype, device=z.device)
-    lse = torch.empty(batch, length, dtype=dtype, device=z.device)
-    ce = torch.empty_like(lse)
-    minus_valid = -valid.to(dtype).unsqueeze(1)
-    for sl in _chunks(length, batch * num_classes, z.device):
+    minus_valid = validf.neg().unsqueeze(1)
+    lse, ce, per = [], [], []
+    for sl in _chunks(z.shape[2], batch * num_classes, z.device):
         zc = z[:, :, sl].to(dtype)
         m = zc.amax(1, keepdim=True)
         e = (zc - m).exp_()
         total = e.sum(1, keepdim=True)
         lse_c = (m + total.log()).squeeze(1)
-        lse[:, sl] = lse_c
         y_c = yc[:, None, sl]
-        ce[:, sl] = torch.where(valid[:, sl], lse_c - zc.gather(1, y_c).squeeze(1), 0)
+        lse.append(lse_c)
+        ce.append(torch.where(valid[:, sl], lse_c - zc.gather(1, y_c).squeeze(1), 0))
         # (p_i - e_{y_i})^2 in place (nothing subtracted at ignored pixels; their weight is 0)
         sq = e.div_(total).scatter_add_(1, y_c, minus_valid[:, :, sl]).square_()
         if variant == "channel":
             g += torch.bmm(sq, s[:, sl, None]).sum((0, 2))
         else:
-            per[:, sl] = sq.sum(1)
+            per.append(sq.sum(1))
     if variant == "class":
         sums = torch.zeros(num_classes, dtype=dtype, device=z.device)
-        sums.index_add_(0, yc.flatten(), torch.where(valid, w2 * per, 0).flatten())
+        sums.index_add_(0, yc.flatten(), torch.where(valid, w2 * _cat(per), 0).flatten())
         if distributed:
             both = _all_reduce_(torch.stack([sums, counts]), group)
             sums, counts = both[0], both[1]
         g = _signal(sums, counts, count_offset)
     elif distributed:
         g = _all_reduce_(g, group)
-    return g, counts, FusedPass(lse, ce, yc, valid, "torch")
+    return g, counts, FusedPass(_cat(lse), _cat(ce), yc, valid, "torch")
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _backward_torch(z: Tensor, lse: Tensor, yc: Tensor, c: Tensor) -> Tensor:
