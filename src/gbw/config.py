@@ -77,6 +77,7 @@ class WeightingConfig:
     present_only: bool = False
     count_offset: float = 0.0  # authors: 1
     use_pixel_weight: bool = True  # pseudo-label confidence enters g (paper Eq. 12)
+    fused: str = "auto"  # GBW's weights + CE in one pass: auto | on | off | torch | triton
     gamma: float = 2.0  # focal loss
     terms: list[str] = field(default_factory=list)  # loss terms to weight ([] = all)
     class_stats: str = ""  # IF/PF: .npy (N, C) pixel counts; "" = the source dataset's

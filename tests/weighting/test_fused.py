@@ -246,6 +246,20 @@ def test_import_gbw_does_not_import_triton():
     assert out.stdout.strip() == "False"
 
 
+def test_config_selects_the_implementation():
+    from gbw.config import ExperimentConfig
+    from gbw.engine.trainer import weighting_factory
+
+    exp = ExperimentConfig()
+    exp.model.num_classes = 5
+    for name in ("gbw", "gbw_authors"):
+        exp.weighting.name, exp.weighting.fused = name, "off"
+        assert weighting_factory(exp)("src").fused == "off"
+    exp.weighting.fused = "quick"
+    with pytest.raises(ValueError, match="fused must be a bool or one of"):
+        weighting_factory(exp)("src")
+
+
 # --- CUDA: the compiled kernels ----------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
