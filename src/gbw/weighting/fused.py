@@ -276,15 +276,15 @@ def _pass_triton(z, y, w, use_w, ignore_index, variant, count_offset, sync, grou
     distributed = _distributed(sync)
     w_arg = z if w is None else w  # any pointer when there are no pixel weights
     w_strides = (0, 0) if w is None else w.stride()
-    counts_in = z.new_zeros(1, dtype=torch.float32)
+    lse = torch.empty(batch, length, dtype=torch.float32, device=dev)
+    ce = torch.empty_like(lse)
+    counts_in = lse  # read only by the channel variant
     if variant == "channel":
         part = torch.empty(nprog, bc, dtype=torch.float32, device=dev)
         k.count[grid](y, part, length, num_classes, ignore_index, *y.stride(), bc, ft.BLOCK_P)
         counts_in = part.sum(0)
         if distributed:
             counts_in = _all_reduce_(counts_in, group)
-    lse = torch.empty(batch, length, dtype=torch.float32, device=dev)
-    ce = torch.empty_like(lse)
     part = torch.empty(nprog, ft.STATS, bc, dtype=torch.float32, device=dev)
     k.forward[grid](
         z, y, w_arg, counts_in, lse, ce, part, length, num_classes, ignore_index,
