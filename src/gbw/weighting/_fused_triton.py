@@ -12,13 +12,11 @@ Triton. Each program takes a tile of ``BLOCK_C`` classes x ``BLOCK_P`` pixels of
 
 Per-class sums are written per program and summed by torch (deterministic, no atomics).
 The pure-torch implementation in ``gbw.weighting.fused`` computes the same numbers and is the
-reference of the tests.
+reference of the tests. With ``TRITON_INTERPRET=1`` set before Triton is first imported, the
+kernels run in Triton's interpreter on CPU tensors (how the tests check them without a GPU).
 """
 
 from __future__ import annotations
-
-import functools
-from types import SimpleNamespace
 
 import triton
 import triton.language as tl
@@ -30,23 +28,30 @@ NUM_WARPS = 4
 STATS = 3
 
 
-def _count_kernel(
-    y_ptr, part_ptr, L, C, ignore_index, s_yb, s_yl, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
-):
+@triton.jit
+def _tile(L, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's image b, its index among all programs, classes and pixels (+ mask)."""
     pid_l = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     pid = b * tl.num_programs(0) + pid_l
-    cls = tl.arange(0, BLOCK_C)
     pix = pid_l * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = pix < L
-    y = tl.load(y_ptr + b * s_yb + pix.to(tl.int64) * s_yl, mask=pmask, other=ignore_index)
+    return b, pid, tl.arange(0, BLOCK_C), pix.to(tl.int64), pix < L
+
+
+@triton.jit
+def count_kernel(
+    y_ptr, part_ptr, L, C, ignore_index, s_yb, s_yl, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    b, pid, cls, pix, pmask = _tile(L, BLOCK_C, BLOCK_P)
+    y = tl.load(y_ptr + b * s_yb + pix * s_yl, mask=pmask, other=ignore_index)
     y = y.to(tl.int64)
     valid = pmask & (y != ignore_index) & (y >= 0) & (y < C)
     onehot = (cls[:, None] == y.to(tl.int32)[None, :]) & valid[None, :]
     tl.store(part_ptr + pid * BLOCK_C + cls, tl.sum(onehot.to(tl.float32), axis=1))
 
 
-def _forward_kernel(
+@triton.jit
+def forward_kernel(
     z_ptr,
     y_ptr,
     w_ptr,
@@ -71,14 +76,8 @@ def _forward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    pid_l = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    pid = b * tl.num_programs(0) + pid_l
-    cls = tl.arange(0, BLOCK_C)
-    pix = pid_l * BLOCK_P + tl.arange(0, BLOCK_P)
+    b, pid, cls, pix64, pmask = _tile(L, BLOCK_C, BLOCK_P)
     cmask = cls < C
-    pmask = pix < L
-    pix64 = pix.to(tl.int64)
     zoff = b * s_zb + cls.to(tl.int64)[:, None] * s_zc + pix64[None, :] * s_zl
     z = tl.load(z_ptr + zoff, mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
     z = tl.where(cmask[:, None], z, float("-inf"))  # padded classes take no probability
@@ -127,7 +126,8 @@ def _forward_kernel(
     tl.store(base + 2 * BLOCK_C + cls, flags)
 
 
-def _backward_kernel(
+@triton.jit
+def backward_kernel(
     z_ptr,
     lse_ptr,
     c_ptr,
@@ -144,13 +144,8 @@ def _backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    pid_l = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    cls = tl.arange(0, BLOCK_C)
-    pix = pid_l * BLOCK_P + tl.arange(0, BLOCK_P)
+    b, _, cls, pix64, pmask = _tile(L, BLOCK_C, BLOCK_P)
     cmask = cls < C
-    pmask = pix < L
-    pix64 = pix.to(tl.int64)
     mask = cmask[:, None] & pmask[None, :]
     cls64 = cls.to(tl.int64)[:, None]
     z = tl.load(z_ptr + b * s_zb + cls64 * s_zc + pix64[None, :] * s_zl, mask=mask, other=0.0)
@@ -162,18 +157,6 @@ def _backward_kernel(
     gz = c[None, :] * (p - onehot)
     gz_off = b * s_gb + cls64 * s_gc + pix64[None, :] * s_gl
     tl.store(gz_ptr + gz_off, gz.to(gz_ptr.dtype.element_ty), mask=mask)
-
-
-@functools.cache
-def kernels(interpret: bool) -> SimpleNamespace:
-    """The three kernels, compiled for the GPU or wrapped by Triton's CPU interpreter."""
-    if interpret:
-        from triton.runtime.interpreter import InterpretedFunction as jit
-    else:
-        jit = triton.jit
-    return SimpleNamespace(
-        count=jit(_count_kernel), forward=jit(_forward_kernel), backward=jit(_backward_kernel)
-    )
 
 
 def block_c(num_classes: int) -> int:

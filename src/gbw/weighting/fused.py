@@ -21,8 +21,8 @@ Implementations, chosen by ``GBW(..., fused=...)``:
 * ``"torch"``: pure torch, the reference of the tests. On the CPU it walks the pixels in chunks
   of about :data:`CPU_CHUNK` logits, so that its temporaries stay small and in cache.
 * ``"triton"``: hand-written Triton kernels (``gbw.weighting._fused_triton``) for CUDA tensors;
-  on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1``, for tests). Triton is
-  imported on first use, never by ``import gbw``.
+  on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1`` before Triton is first
+  imported; for tests). Triton is imported on first use, never by ``import gbw``.
 * ``"off"``: the unfused path. ``"on"`` (or True): ``"triton"`` on CUDA when Triton is
   installed, else ``"torch"``. ``"auto"``: the measured default of each device, :data:`AUTO`.
 
@@ -267,7 +267,6 @@ def _backward_torch(z: Tensor, lse: Tensor, yc: Tensor, c: Tensor) -> Tensor:
 def _pass_triton(z, y, w, use_w, ignore_index, variant, count_offset, sync, group):
     from gbw.weighting import _fused_triton as ft
 
-    k = ft.kernels(z.device.type == "cpu")
     batch, num_classes, length = z.shape
     bc = ft.block_c(num_classes)
     grid = (triton_cdiv(length, ft.BLOCK_P), batch)
@@ -281,12 +280,14 @@ def _pass_triton(z, y, w, use_w, ignore_index, variant, count_offset, sync, grou
     counts_in = lse  # read only by the channel variant
     if variant == "channel":
         part = torch.empty(nprog, bc, dtype=torch.float32, device=dev)
-        k.count[grid](y, part, length, num_classes, ignore_index, *y.stride(), bc, ft.BLOCK_P)
+        ft.count_kernel[grid](
+            y, part, length, num_classes, ignore_index, *y.stride(), bc, ft.BLOCK_P
+        )
         counts_in = part.sum(0)
         if distributed:
             counts_in = _all_reduce_(counts_in, group)
     part = torch.empty(nprog, ft.STATS, bc, dtype=torch.float32, device=dev)
-    k.forward[grid](
+    ft.forward_kernel[grid](
         z, y, w_arg, counts_in, lse, ce, part, length, num_classes, ignore_index,
         float(count_offset), *z.stride(), *y.stride(), *w_strides,
         w is not None, use_w, variant == "channel", bc, ft.BLOCK_P,
@@ -316,11 +317,10 @@ def _pass_triton(z, y, w, use_w, ignore_index, variant, count_offset, sync, grou
 def _backward_triton(z: Tensor, lse: Tensor, yc: Tensor, c: Tensor) -> Tensor:
     from gbw.weighting import _fused_triton as ft
 
-    k = ft.kernels(z.device.type == "cpu")
     batch, num_classes, length = z.shape
     gz = torch.empty_like(z)
     grid = (triton_cdiv(length, ft.BLOCK_P), batch)
-    k.backward[grid](
+    ft.backward_kernel[grid](
         z, lse.contiguous(), c.contiguous(), yc.contiguous(), gz, length, num_classes,
         *z.stride(), *gz.stride(), ft.block_c(num_classes), ft.BLOCK_P,
         num_warps=ft.NUM_WARPS,
