@@ -7,8 +7,11 @@
 #      case, bf16 logits at 2x19x512x512 and 2x19x1024x1024, then fp32 at 512      (~2 min)
 #   3. the Triton tile sizes (benchmarks/fused_blocks.py)                          (~1 min)
 #   4. the tables for BENCHMARKS.md section 1 (benchmarks/overhead_tables.py)
-# STAGE=recipes runs instead (about 6 minutes, a second call): DAFormer and HRDA + GBW, one CUDA
-# graph per iteration, weighting.fused=off vs triton (benchmarks/recipe_steps.py).
+# The kernels stage needs only torch, triton, numpy, tqdm and pytest(-timeout): all in the H200
+# image. STAGE=recipes runs instead (about 6 minutes, a second call): DAFormer and HRDA + GBW,
+# one CUDA graph per iteration, weighting.fused=off vs triton (benchmarks/recipe_steps.py); it
+# needs gbw's dependencies (omegaconf, lightning-fabric, segmentation-models-pytorch, ...),
+# carried as wheels if the image lacks them (/work/.library/device/README.md).
 # Results go to $OUT (default benchmarks/results/round2); copy the tables into BENCHMARKS.md
 # with the device and date they name. If the fused path pays, set gbw.weighting.fused.AUTO's
 # "cuda" entry to "triton" (the CPU entry was chosen the same way).
@@ -17,6 +20,7 @@ OUT=${OUT:-benchmarks/results/round2}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this tree's gbw, installed or not
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   date -u +%F; } 2>&1 | tee "$OUT/device.txt"
@@ -36,7 +40,7 @@ timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu \
     tests/weighting/test_fused.py tests/weighting/test_signals.py 2>&1 | tail -15 \
     | tee "$OUT/gpu_tests.txt"
 bench() {  # dtype size
-    timeout 120 $PY -m gbw.cli bench overhead --device cuda --cuda-graph --fused-impl triton \
+    timeout 120 $PY -m gbw.bench.overhead --device cuda --cuda-graph --fused-impl triton \
         --dtype "$1" --size "$2" --rounds 50 --out "$OUT/overhead.md" \
         --json "$OUT/overhead_$1_$2.json" 2>&1 | grep -E "plain CE|fused|Error|Traceback"
 }
