@@ -88,6 +88,7 @@ class WeightingConfig:
     present_only: bool = False
     count_offset: float = 0.0  # authors: 1
     use_pixel_weight: bool = True  # pseudo-label confidence enters g (paper Eq. 12)
+    fused: str = "auto"  # GBW's weights + CE in one pass: auto | on | off | torch | triton
     gamma: float = 2.0  # focal loss
     terms: list[str] = field(default_factory=list)  # loss terms to weight ([] = all)
     class_stats: str = ""  # IF/PF: .npy (N, C) pixel counts; "" = the source dataset's
@@ -431,6 +432,7 @@ def validate(
     from gbw.models.registry import MODEL_NAMES
     from gbw.uda.registry import METHODS, method_class
     from gbw.weighting import WEIGHTINGS
+    from gbw.weighting.fused import FUSED_MODES
     from gbw.weighting.strategies import SCALES
 
     c = _Checker()
@@ -505,6 +507,7 @@ def validate(
     c.one_of("weighting.scale", w.scale, SCALES)
     c.number("weighting.count_offset", w.count_offset, low=0)
     c.number("weighting.gamma", w.gamma, low=0)
+    c.one_of("weighting.fused", w.fused, FUSED_MODES)
 
     o = exp.optim
     c.one_of("optim.name", o.name, OPTIMIZERS)

@@ -40,6 +40,10 @@ def _compute(rank_slice: slice | None) -> dict[str, torch.Tensor]:
     out = {}
     for name, make in _strategies().items():
         out[f"ce/{name}"] = make().weights(z, y, w)
+    for variant in ("class", "channel"):  # the fused pass reduces its sums and counts too
+        s = gbw.GBW(7, lam=0.001, variant=variant, fused="torch")
+        s.cross_entropy(z, y, w)
+        out[f"fused/{variant}"] = s.last_weights
     for variant in ("class", "channel"):
         out[f"ent/{variant}"] = gbw.GBW(7, lam=1e-4, variant=variant).entropy_weights(z, mask)
     out["ent/lbw"] = gbw.LossBasedWeighting(7).entropy_weights(z, mask)

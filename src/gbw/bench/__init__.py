@@ -12,12 +12,14 @@ import argparse
 OVERHEAD_HELP = """\
 What GBW costs on top of the plain loss, on B x C x S x S logits (default 2 x 19 x 512 x 512):
 plain cross-entropy forward + backward (the baseline); GBW weights + weighted CE forward +
-backward for the paper's class variant, the authors' channel variant and the authors' preset;
+backward for the paper's class variant, the authors' channel variant and the authors' preset,
+each unfused and through the fused pass (gbw.weighting.fused, --fused-impl);
 the weights alone; the QP solve against quadprog and cvxopt when installed; peak memory of
 each case. The cases are interleaved round by round so that machine noise hits all alike.
 Details: the docstring of gbw.bench.overhead.
 
   gbw bench overhead [--device cuda] [--batch 2] [--size 512] [--out FILE] [--cuda-graph]
+                     [--dtype bfloat16] [--fused-impl on|torch|triton] [--clock wall|process]
 """
 
 STEP_HELP = """\
@@ -69,7 +71,25 @@ def overhead_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--classes", type=int, default=19)
     p.add_argument("--size", type=int, default=512)
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["bfloat16", "float16", "float32"],
+        help="logits' dtype",
+    )
+    p.add_argument(
+        "--fused-impl",
+        default="on",
+        choices=["on", "torch", "triton"],
+        help="implementation of the fused cases (on: triton on CUDA, torch elsewhere)",
+    )
     p.add_argument("--rounds", type=int, default=0, help="timing rounds (default: 50 GPU, 15 CPU)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "process"],
+        help="CPU only: wall time (default) or the process's CPU time over all threads",
+    )
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     p.add_argument("--json", default=None, help="also write raw numbers as JSON")
     p.add_argument(

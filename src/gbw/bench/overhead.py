@@ -1,16 +1,20 @@
 """What GBW costs on top of the plain loss, on B x C x S x S logits (default 2 x 19 x 512 x 512).
 
 Measures, interleaving the cases round by round so that machine noise hits all alike:
-  * plain cross-entropy forward + backward (``F.cross_entropy``), the baseline;
-  * GBW weights + weighted CE forward + backward (``GBW.cross_entropy``, shared softmax) for
-    the paper's ``class`` variant, the authors' ``channel`` variant and the authors' preset;
+  * plain cross-entropy forward + backward (``F.cross_entropy``; half/bfloat16 logits are
+    upcast to float32 first, as autocast does), the baseline;
+  * GBW weights + weighted CE forward + backward (``GBW.cross_entropy``) for the paper's
+    ``class`` variant, the authors' ``channel`` variant and the authors' preset, each unfused
+    (``fused=False``: shared softmax, two passes) and fused (one pass over the logits,
+    ``gbw.weighting.fused``; ``--fused-impl`` picks the implementation);
   * the weights alone (gradient signal + QP);
   * the QP solve: ours (on the device, and on the CPU) against quadprog (independent active-set
     solver) and cvxopt (the authors' solver) when installed;
   * peak memory of each loss case (CUDA: allocator peak above the inputs; CPU: peak RSS of a
     fresh subprocess above its inputs).
 
-Usage: gbw bench overhead [--device cuda] [--batch 2] [--size 512] [--out FILE]
+Usage: gbw bench overhead [--device cuda] [--cuda-graph] [--batch 2] [--size 512]
+                          [--dtype bfloat16] [--fused-impl on|torch|triton] [--out FILE]
    or: python benchmarks/gbw_overhead.py [same options]
 """
 
@@ -34,58 +38,80 @@ import torch.nn.functional as F
 
 import gbw
 from gbw.bench import overhead_arguments
+from gbw.weighting import fused as fused_mod
 
-LOSS_CASES = ("plain CE", "GBW class", "GBW channel", "GBW authors")
+PRESETS = ("class", "channel", "authors")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def make_inputs(batch: int, classes: int, size: int, device: str, seed: int = 0):
+def make_inputs(
+    batch: int, classes: int, size: int, device: str, seed: int = 0, dtype: str = "float32"
+):
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(batch, classes, size, size, generator=gen).to(device).requires_grad_(True)
+    z = torch.randn(batch, classes, size, size, generator=gen).to(device, DTYPES[dtype])
     y = torch.randint(0, classes, (batch, size, size), generator=gen)
     y[:, : size // 16] = 255  # some ignored rows, as pseudo-label margins make
-    return z, y.to(device)
+    return z.requires_grad_(True), y.to(device)
 
 
-def loss_fns(classes: int) -> dict[str, Callable]:
-    strategies = {
-        "GBW class": gbw.GBW(classes),
-        "GBW channel": gbw.GBW(classes, variant="channel"),
-        "GBW authors": gbw.GBW.authors(classes),
+def fused_label(impl: str, device: str, dtype: str = "float32") -> str:
+    """The implementation ``fused=impl`` runs on this device, for table rows."""
+    probe = torch.empty(0, device=device, dtype=DTYPES[dtype])
+    return fused_mod.resolve(fused_mod.check_fused(impl), probe)
+
+
+def _plain_ce(z: torch.Tensor, y: torch.Tensor) -> None:
+    x = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # as autocast does
+    F.cross_entropy(x, y, ignore_index=255).backward()
+
+
+def loss_fns(classes: int, fused_impl: str = "on", label: str = "") -> dict[str, Callable]:
+    """``case -> fn(z, y)``: plain CE, then each GBW preset unfused and fused."""
+    make = {
+        "class": lambda f: gbw.GBW(classes, fused=f),
+        "channel": lambda f: gbw.GBW(classes, variant="channel", fused=f),
+        "authors": lambda f: gbw.GBW.authors(classes, fused=f),
     }
-    fns: dict[str, Callable] = {
-        "plain CE": lambda z, y: F.cross_entropy(z, y, ignore_index=255).backward()
-    }
-    for name, s in strategies.items():
-        # the recipes' (authors') reduction, as in the numbers of BENCHMARKS.md
-        fns[name] = lambda z, y, s=s: s.cross_entropy(z, y, reduction="all_pixel_mean").backward()
+    fns: dict[str, Callable] = {"plain CE": _plain_ce}
+    for name in PRESETS:
+        for tag, mode in (("unfused", False), (f"fused {label or fused_impl}", fused_impl)):
+            s = make[name](mode)
+            # the recipes' (authors') reduction, as in the numbers of BENCHMARKS.md
+            fns[f"GBW {name}, {tag}"] = lambda z, y, s=s: s.cross_entropy(
+                z, y, reduction="all_pixel_mean"
+            ).backward()
     return fns
 
 
 def weight_fns(classes: int) -> dict[str, Callable]:
-    c, ch = gbw.GBW(classes), gbw.GBW(classes, variant="channel")
+    c, ch = gbw.GBW(classes), gbw.GBW(classes, variant="channel")  # weights(): one path
     return {
         "weights only, class": lambda z, y: c.weights(z.detach(), y),
         "weights only, channel": lambda z, y: ch.weights(z.detach(), y),
     }
 
 
-def timer(device: str) -> Callable[[Callable[[], object]], float]:
+def timer(device: str, clock: str = "wall") -> Callable[[Callable[[], object]], float]:
+    """ms per call: wall time, or (``clock="process"``, CPU only) the CPU time of the whole
+    process, all threads together: less disturbed by other jobs on a shared machine."""
+    now = time.process_time if clock == "process" and device != "cuda" else time.perf_counter
+
     def run(fn: Callable[[], object]) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e3
+        return (now() - t0) * 1e3
 
     return run
 
 
 def time_cases(
-    cases: dict[str, Callable[[], object]], device: str, rounds: int
+    cases: dict[str, Callable[[], object]], device: str, rounds: int, clock: str = "wall"
 ) -> dict[str, float]:
-    run = timer(device)
+    run = timer(device, clock)
     for fn in cases.values():  # warm-up
         fn()
         fn()
@@ -175,9 +201,9 @@ def qp_agreement(classes: int) -> str:
 
 def peak_memory_cuda(args: argparse.Namespace) -> dict[str, float]:
     out = {}
-    fns = loss_fns(args.classes)
-    for name in LOSS_CASES:
-        z, y = make_inputs(args.batch, args.classes, args.size, "cuda")
+    fns = loss_fns(args.classes, args.fused_impl)
+    for name in fns:
+        z, y = make_inputs(args.batch, args.classes, args.size, "cuda", dtype=args.dtype)
         fns[name](z, y)
         z.grad = None
         torch.cuda.synchronize()
@@ -205,7 +231,7 @@ def _maxrss_mib() -> float:
 
 def peak_memory_cpu(args: argparse.Namespace) -> dict[str, float]:
     out = {}
-    for name in LOSS_CASES:
+    for name in loss_fns(args.classes, args.fused_impl):
         cmd = [
             sys.executable,
             "-m",
@@ -218,6 +244,10 @@ def peak_memory_cpu(args: argparse.Namespace) -> dict[str, float]:
             str(args.size),
             "--classes",
             str(args.classes),
+            "--dtype",
+            args.dtype,
+            "--fused-impl",
+            args.fused_impl,
         ]
         # mmap every large block so freed memory goes back to the OS and the peak RSS of the
         # case is not hidden behind memory glibc kept from start-up
@@ -228,10 +258,10 @@ def peak_memory_cpu(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _mem_case(args: argparse.Namespace) -> None:
-    z, y = make_inputs(args.batch, args.classes, args.size, "cpu")
+    z, y = make_inputs(args.batch, args.classes, args.size, "cpu", dtype=args.dtype)
     z.grad = torch.zeros_like(z)  # the gradient buffer counts as input, as on the GPU
     base = _maxrss_mib()
-    loss_fns(args.classes)[args._mem_case](z, y)
+    loss_fns(args.classes, args.fused_impl)[args._mem_case](z, y)
     print(_maxrss_mib() - base)
 
 
@@ -260,13 +290,18 @@ def run(args: argparse.Namespace) -> None:
         _mem_case(args)
         return
     rounds = args.rounds or (50 if args.device == "cuda" else 15)
-    z, y = make_inputs(args.batch, args.classes, args.size, args.device)
+    z, y = make_inputs(args.batch, args.classes, args.size, args.device, dtype=args.dtype)
+    label = fused_label(args.fused_impl, args.device, args.dtype)
+    clock = args.clock if args.device != "cuda" else "wall"
 
     def bind(fns: dict[str, Callable]) -> dict[str, Callable[[], object]]:
         return {k: (lambda f=f: f(z, y)) for k, f in fns.items()}
 
-    loss_ms = time_cases(bind(loss_fns(args.classes)), args.device, rounds)
-    weights_ms = time_cases(bind(weight_fns(args.classes)), args.device, rounds)
+    def losses() -> dict[str, Callable[[], object]]:
+        return bind(loss_fns(args.classes, args.fused_impl, label))
+
+    loss_ms = time_cases(losses(), args.device, rounds, args.clock)
+    weights_ms = time_cases(bind(weight_fns(args.classes)), args.device, rounds, args.clock)
     qp_us = {
         k: v * 1e3
         for k, v in time_cases(
@@ -274,17 +309,20 @@ def run(args: argparse.Namespace) -> None:
         ).items()
     }
     mem = peak_memory_cuda(args) if args.device == "cuda" else peak_memory_cpu(args)
+    mem = dict(zip(loss_ms, mem.values(), strict=True))  # same cases, same order
     base = loss_ms["plain CE"]
     shape = f"{args.batch} x {args.classes} x {args.size} x {args.size}"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     lines = [
         f"### GBW overhead, {shape} logits, {args.device} ({hardware(args.device)})",
         f"{dt.date.today().isoformat()}, torch {torch.__version__}, {rounds} interleaved rounds, "
-        "median; float32 logits.",
+        f"median; {args.dtype} logits{load}"
+        + ("; CPU time of the process (all threads)." if clock == "process" else "."),
         "",
         "| case (forward + backward) | ms | x plain CE | peak extra memory (MiB) |",
         "|---|---|---|---|",
     ]
-    for k in LOSS_CASES:
+    for k in loss_ms:
         lines.append(f"| {k} | {loss_ms[k]:.2f} | {loss_ms[k] / base:.2f} | {mem[k]:.0f} |")
     for k, v in weights_ms.items():
         lines.append(f"| {k} (no loss) | {v:.2f} | {v / base:.2f} | - |")
@@ -292,7 +330,7 @@ def run(args: argparse.Namespace) -> None:
     lines += [f"| {k} | {v:.1f} |" for k, v in qp_us.items()]
     graph_ms: dict[str, float] = {}
     if args.cuda_graph and args.device == "cuda":
-        cases = bind(loss_fns(args.classes))
+        cases = losses()
         graph_ms = time_cases({k: cuda_graphed(f, z) for k, f in cases.items()}, "cuda", rounds)
         g_base = graph_ms["plain CE"]
         lines += ["", "| case, captured as one CUDA graph | ms | x plain CE |", "|---|---|---|"]
@@ -314,6 +352,11 @@ def run(args: argparse.Namespace) -> None:
                     "cuda_graph_ms": graph_ms,
                     "device": hardware(args.device),
                     "shape": shape,
+                    "dtype": args.dtype,
+                    "clock": clock,
+                    "fused_impl": label,
+                    "torch": torch.__version__,
+                    "date": dt.date.today().isoformat(),
                 },
                 f,
                 indent=1,

@@ -76,6 +76,8 @@ def weighting_factory(exp: ExperimentConfig):
         kwargs = {"lam": w.lam, "scale": w.scale, "present_only": w.present_only}
         if w.name == "gbw_authors":
             del kwargs["scale"]  # the authors' preset fixes it (scale="none")
+        if w.name != "lbw":
+            kwargs["fused"] = w.fused
         if w.name == "gbw":
             kwargs |= {
                 "variant": w.variant,

@@ -63,11 +63,18 @@ def flatten_like(t: Tensor, logits: Tensor, name: str) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def check_target(target: Tensor, logits: Tensor, ignore_index: int) -> Tensor:
-    """Validate labels (integer, in [0, C) or ``ignore_index``); return them as (B, L)."""
+def check_target(
+    target: Tensor, logits: Tensor, ignore_index: int, *, check_values: bool = True
+) -> Tensor:
+    """Validate labels (integer, in [0, C) or ``ignore_index``); return them as (B, L).
+
+    ``check_values=False`` checks shape and dtype only (for a kernel that checks the values
+    itself on its pass over the labels)."""
     y = flatten_like(target, logits, "target")
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise ValueError(f"target must be an integer tensor, got dtype {y.dtype}")
+    if not check_values:
+        return y
     c = logits.shape[1]
     ok = ((y >= 0) & (y < c)) | (y == ignore_index)
     _value_check(
@@ -77,10 +84,14 @@ def check_target(target: Tensor, logits: Tensor, ignore_index: int) -> Tensor:
     return y
 
 
-def check_pixel_weight(pixel_weight: Tensor, logits: Tensor) -> Tensor:
+def check_pixel_weight(
+    pixel_weight: Tensor, logits: Tensor, *, check_values: bool = True
+) -> Tensor:
     w = flatten_like(pixel_weight, logits, "pixel_weight")
     if not w.is_floating_point():
         raise ValueError(f"pixel_weight must be a floating-point tensor, got dtype {w.dtype}")
+    if not check_values:
+        return w
     _value_check(
         (torch.isfinite(w) & (w >= 0)).all(),
         "pixel_weight must be finite and >= 0 everywhere",

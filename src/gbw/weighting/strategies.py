@@ -32,6 +32,7 @@ from gbw.weighting._checks import (
     check_variant,
     flatten_logits,
 )
+from gbw.weighting.fused import check_fused, gbw_pass, resolve
 from gbw.weighting.losses import (
     cross_entropy_from_probs,
     focal_loss,
@@ -202,6 +203,9 @@ class GBW(_QPWeighting):
         count_offset: added to n_c (authors: 1).
         use_pixel_weight: pixel weights enter g (Eq. 12). The authors' code does not.
         sync: all-reduce the signal across ranks (identical weights on every GPU).
+        fused: how :meth:`cross_entropy` computes weights and loss: ``"auto"`` (the measured
+            default of the device), ``True``/``"on"``, ``False``/``"off"`` (unfused), or an
+            implementation, ``"torch"`` or ``"triton"`` (see :mod:`gbw.weighting.fused`).
 
     Example (two lines in an existing loop)::
 
@@ -223,6 +227,7 @@ class GBW(_QPWeighting):
         count_offset: float = 0,
         use_pixel_weight: bool = True,
         sync: bool = True,
+        fused: bool | str = "auto",
     ) -> None:
         super().__init__(
             num_classes,
@@ -236,6 +241,7 @@ class GBW(_QPWeighting):
         self.variant = variant
         self.count_offset = count_offset
         self.use_pixel_weight = use_pixel_weight
+        self.fused = check_fused(fused)
 
     @classmethod
     def authors(cls, num_classes: int = 19, lam: float = 1.0, **kwargs: Any) -> GBW:
@@ -291,6 +297,22 @@ class GBW(_QPWeighting):
         pixel_weight: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
+        impl = resolve(self.fused, logits)
+        if impl != "off":  # one pass over the logits for weights and loss (gbw.weighting.fused)
+            self._check_classes(logits)
+            g, self.last_counts, fp = gbw_pass(
+                logits,
+                target,
+                ignore_index=self.ignore_index,
+                pixel_weight=pixel_weight,
+                use_pixel_weight=self.use_pixel_weight,
+                variant=self.variant,
+                count_offset=self.count_offset,
+                sync=self.sync,
+                impl=impl,
+            )
+            v = self._solve(g, self.last_counts > 0)
+            return fp.loss(logits, target, v, pixel_weight, reduction)
         # One softmax serves the weights and the loss (value and backward), so GBW costs
         # little more than the plain loss (benchmarks/gbw_overhead.py).
         z = flatten_logits(logits)
