@@ -15,23 +15,37 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import Any
 
 from gbw.config import ExperimentConfig, load_config, to_dict
 from gbw.data.classes import CITYSCAPES_CLASSES
 
 SETTINGS = {"source_only": "source_only", "self_training": "dacs"}
 WEIGHTINGS = ("none", "gbw")
-# Training budget per setting (iterations at batch 8 + 8 of 96x128 images). Chosen so that
-# the whole demo fits 5 minutes on 2 CPU cores; never tuned on GBW's result.
-ITERS = {"source_only": 600, "self_training": 400}
+# The runs come from configs/minicity/<setting>[_gbw].yaml: one definition of the network and
+# the per-run budget for the demo, the study and `gbw train` (docs/minicity.md). --quick
+# (tests) shortens every run to these iterations on the quick-size data.
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "minicity"
 QUICK_ITERS = {"source_only": 12, "self_training": 8}
+
+
+def minicity_config(setting: str, weighting: str = "none") -> Path:
+    """The repository's MiniCity config of a demo setting (``source_only``, ``self_training``)
+    without (``none``) or with (``gbw``) GBW."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown MiniCity setting {setting!r}; choose one of {list(SETTINGS)}")
+    path = CONFIGS / f"{setting}{'_gbw' if weighting == 'gbw' else ''}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: MiniCity config not found; gbw demo reads configs/minicity/ from a clone "
+            "of the repository (pip install -e .)"
+        )
+    return path
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +73,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--iters",
         type=int,
         default=0,
-        help="override the iterations of every run (0 = the demo's budget)",
+        help="override the iterations of every run (0 = the budget of configs/minicity/)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="runs trained at the same time, one process each (0 = one per CPU core, at most "
+        "2); the CPU threads are split between them",
     )
     p.add_argument(
         "--data-root",
@@ -71,43 +92,30 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def demo_config(
     setting: str, weighting: str, seed: int, args: argparse.Namespace
 ) -> ExperimentConfig:
-    """The experiment of one demo run (also written to its run folder as config.yaml)."""
-    iters = args.iters or (QUICK_ITERS if args.quick else ITERS)[setting]
-    root = args.data_root or ""
+    """The experiment of one demo run: ``minicity_config(setting, weighting)`` with the run's
+    name, seed and data root (written to its run folder as config.yaml)."""
     overrides = [
         f"name={setting}-{weighting}-s{seed}",
         f"seed={seed}",
-        f"method={SETTINGS[setting]}",
-        "model.name=tinyseg",
         f"data.minicity_size={'quick' if args.quick else 'default'}",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.in_memory=true",
-        "optim.name=adamw",
-        "optim.lr=0.002",
-        "optim.weight_decay=0.0001",
-        "optim.head_lr_mult=1.0",
-        "optim.power=0.9",
-        f"train.max_iters={iters}",
-        f"train.log_every={max(1, iters // 40)}",
-        f"train.ckpt_every={max(1, iters // 4)}",
-        "train.accelerator=cpu",
         "train.progress=false",
-        "eval.batch_size=25",
-        f"weighting.name={weighting}",
     ]
+    iters = args.iters or (QUICK_ITERS[setting] if args.quick else 0)
+    if iters:
+        overrides += [
+            f"train.max_iters={iters}",
+            f"train.log_every={max(1, iters // 40)}",
+            f"train.ckpt_every={max(1, iters // 4)}",
+        ]
     if weighting == "gbw":  # runs without GBW stay identical (and reusable) across GBW options
         overrides += [
             f"weighting.lam={args.lam}",
             f"weighting.variant={args.variant}",
             f"weighting.scale={args.scale}",
         ]
-    if root:
-        overrides += [f"data.{split}.root={root}" for split in ("source", "target", "val")]
-    if SETTINGS[setting] == "dacs":
-        # DACS recipe values; the jitter ops in a fixed order to save CPU time
-        overrides += ["uda.ema_alpha=0.99", "uda.color_jitter_random_order=false"]
-    return load_config(None, overrides)
+    if args.data_root:
+        overrides += [f"data.{s}.root={args.data_root}" for s in ("source", "target", "val")]
+    return load_config(minicity_config(setting, weighting), overrides)
 
 
 @dataclass
@@ -120,26 +128,74 @@ class RunOutcome:
     seconds: float
 
 
-def _train_or_reuse(exp: ExperimentConfig, run_dir: Path) -> RunOutcome:
+def _finished(exp: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run of exactly this config, else None."""
+    import yaml
+
+    metrics_file, stored = run_dir / "metrics.json", run_dir / "config.yaml"
+    if (
+        metrics_file.exists()
+        and stored.exists()
+        and yaml.safe_load(stored.read_text()) == to_dict(exp)
+    ):
+        return json.loads(metrics_file.read_text())
+    return None
+
+
+def _train(exp: ExperimentConfig, run_dir: Path, threads: int) -> tuple[dict[str, float], float]:
+    """Train one run (resuming its own last checkpoint); (metrics, seconds). Runs in a worker
+    process when the demo trains several runs at once."""
+    import torch
+    import yaml
+
     from gbw.engine.trainer import train
 
-    metrics_file = run_dir / "metrics.json"
-    stored = run_dir / "config.yaml"
-    if metrics_file.exists() and stored.exists():
-        import yaml
-
-        if yaml.safe_load(stored.read_text()) == to_dict(exp):
-            m = json.loads(metrics_file.read_text())
-            return RunOutcome("", "", exp.seed, run_dir, m, 0.0)
+    torch.set_num_threads(threads)
     resume = (run_dir / "checkpoints" / "last.ckpt").exists()
     if resume:
-        import yaml
-
+        stored = run_dir / "config.yaml"
         if not stored.exists() or yaml.safe_load(stored.read_text()) != to_dict(exp):
             resume = False
     t0 = time.perf_counter()
     result = train(exp, run_dir=run_dir, resume=resume, overwrite=not resume)
-    return RunOutcome("", "", exp.seed, run_dir, result.metrics, time.perf_counter() - t0)
+    return result.metrics, time.perf_counter() - t0
+
+
+def _train_all(
+    jobs: list[tuple[str, str, int, ExperimentConfig, Path]], workers: int
+) -> list[RunOutcome]:
+    """Train (or reuse) every run, ``workers`` at a time, printing each as it finishes."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    import torch
+
+    outcomes: dict[int, RunOutcome] = {}
+
+    def report(i: int, metrics: dict[str, float], seconds: float) -> None:
+        setting, weighting, seed, exp, run_dir = jobs[i]
+        outcomes[i] = RunOutcome(setting, weighting, seed, run_dir, metrics, seconds)
+        took = f"{seconds:.0f} s" if seconds else "reused"
+        print(f"  {exp.name:<28} target mIoU {100 * metrics['mIoU']:5.1f}  ({took})", flush=True)
+
+    todo = []
+    for i, (*_, exp, run_dir) in enumerate(jobs):
+        done = _finished(exp, run_dir)
+        if done is not None:
+            report(i, done, 0.0)
+        else:
+            todo.append(i)
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            report(i, *_train(jobs[i][3], jobs[i][4], max(1, torch.get_num_threads())))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # "spawn": the workers must not inherit the parent's torch threads (fork is unsafe)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_train, jobs[i][3], jobs[i][4], threads): i for i in todo}
+            for fut in as_completed(futures):
+                report(futures[fut], *fut.result())
+    return [outcomes[i] for i in range(len(jobs))]
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -160,26 +216,35 @@ def run_demo(args: argparse.Namespace) -> int:
     from gbw.data.minicity import EVAL_CLASSES, class_table, ensure_minicity
 
     t_start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     size = "quick" if args.quick else "default"
+    workers = args.jobs or min(2, os.cpu_count() or 1)
     t0 = time.perf_counter()
-    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
+    data_dir = ensure_minicity(args.data_root, seed=0, size=size, workers=workers)
     print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
 
-    outcomes: list[RunOutcome] = []
+    jobs = []
     for seed in seeds:
         for setting in SETTINGS:
             for weighting in WEIGHTINGS:
                 exp = demo_config(setting, weighting, seed, args)
-                run_dir = out / "runs" / exp.name
-                o = _train_or_reuse(exp, run_dir)
-                o.setting, o.weighting = setting, weighting
-                outcomes.append(o)
-                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
-                print(f"  {exp.name:<28} target mIoU {100 * o.metrics['mIoU']:5.1f}  ({took})")
+                jobs.append((setting, weighting, seed, exp, out / "runs" / exp.name))
+    budget = ", ".join(
+        f"{s} {next(j[3] for j in jobs if j[0] == s).train.max_iters} iterations" for s in SETTINGS
+    )
+    shorter = args.quick or args.iters
+    print(
+        f"Budget per run: {budget}"
+        + (
+            " (shorter than the study's budget in configs/minicity/)"
+            if shorter
+            else " (configs/minicity/, the study's budget)"
+        )
+        + f"; {workers} run(s) at a time"
+    )
+    outcomes = _train_all(jobs, workers)
 
     names = CITYSCAPES_CLASSES
     rows = class_table(args.data_root, 0, size)
@@ -337,6 +402,9 @@ def _plots(
     order: list[int],
     args: argparse.Namespace,
 ) -> list[Path]:
+    import numpy as np
+    import torch
+
     from gbw.analysis import plots
     from gbw.analysis.report import load_run, run_figures
     from gbw.data.minicity import MiniCity
