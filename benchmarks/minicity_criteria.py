@@ -294,6 +294,7 @@ def class_table(stats: dict, runs: dict, seeds: list[int]) -> str:
         "src px %",
         "median px/img src / tgt",
         "inst. median src / tgt",
+        "px in parts < 2 px wide, % src",
     ]
     for seed in seeds:
         head += [f"SO src_val s{seed}", f"SO tgt_val s{seed}", f"ST tgt_val s{seed}"]
@@ -305,6 +306,7 @@ def class_table(stats: dict, runs: dict, seeds: list[int]) -> str:
             f"{src['share'][c]:.3f}",
             f"{src['median_px'][c]:.0f} / {tgt['median_px'][c]:.0f}",
             f"{im:.0f} / {tgt['instance_median'][c]:.0f}" if im is not None else "-",
+            f"{src['thin_pct'][c]:.1f}" if c in src["thin_pct"] else "-",
         ]
         for seed in seeds:
             so, st = runs.get(("source_only", seed)), runs.get(("self_training", seed))

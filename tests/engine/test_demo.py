@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
+import yaml
 
 from gbw.cli import main
+from gbw.config import load_config, to_dict
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "minicity"
 
 
 @pytest.mark.slow
@@ -23,6 +28,18 @@ def test_quick_demo_end_to_end(minicity_root, tmp_path, capsys):
         assert run in text
         assert (out / "runs" / run / "metrics.json").exists()
     assert "| **mIoU** |" in text
+    # the runs are configs/minicity/*.yaml (one definition of the budget), shortened by --quick
+    assert "shorter than the study's budget" in text
+    for run, stem in (
+        ("source_only-gbw-s1", "source_only_gbw"),
+        ("self_training-none-s1", "self_training"),
+    ):
+        stored = yaml.safe_load((out / "runs" / run / "config.yaml").read_text())
+        config = to_dict(load_config(CONFIGS / f"{stem}.yaml"))
+        for key in ("model", "optim", "uda", "weighting"):
+            assert stored[key] == config[key], (run, key)
+        assert stored["data"]["batch_size"] == config["data"]["batch_size"]
+        assert stored["data"]["minicity_size"] == "quick"
     assert "Domain gap (source-only, no GBW, seed 1)" in text
     assert text.count("Found for ") == 2  # one honest line per setting
     for fig in (

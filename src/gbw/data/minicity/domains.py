@@ -97,7 +97,7 @@ _PRIORS: dict[str, tuple[object, object]] = {
     "cars":               (7.0, 4.5),
     "trucks":             (0.5, 0.10),
     "buses":              (0.22, 0.35),
-    "trams":              (0.06, 0.14),
+    "trams":              (0.08, 0.18),
     "persons":            (3.5, 8.0),
     "p_group":            (0.15, 0.35),
     "riders":             (0.35, 0.80),
