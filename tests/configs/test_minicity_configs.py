@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+from test_recipe_configs_deeplab import _flat, _get
 
 from gbw.config import load_config, to_dict
 from gbw.demo import WEIGHTINGS, demo_config, minicity_config
@@ -55,22 +56,6 @@ DACS = {
     "blur": True,
     "mix_loss_weight": 1.0,
 }
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("kwargs", "uda"):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_the_four_configs_exist() -> None:

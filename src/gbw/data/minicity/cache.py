@@ -209,7 +209,7 @@ def ensure_minicity(
 ) -> Path:
     """Return the MiniCity directory for (seed, size) under ``root``, generating it if needed.
 
-    ``root`` defaults to :func:`default_root`. The default size costs ~14 s of CPU time.
+    ``root`` defaults to :func:`default_root`. The default size costs ~30 s of CPU time.
     ``workers > 1`` renders in that many "spawn" processes: faster on idle cores, never a
     different output; like any spawn pool it needs the caller's script to guard its entry
     point with ``if __name__ == "__main__"``, which is why it is not the default.

@@ -1,4 +1,5 @@
-"""Sample and draw one MiniCity street scene: ``render(domain, rng, hw) -> (image, label)``.
+"""Sample and draw one MiniCity street scene: ``render(domain, rng, hw) -> (image, label,
+panoptic)``.
 
 A scene is a straight street seen from a car: road (lanes, markings, sometimes crosswalks
 and tram tracks), curbs and sidewalks, grass verges, facades with windows, tree lines or open
@@ -45,7 +46,7 @@ LANE = 3.3  # lane width, metres
 Z_FAR = 160.0  # the street ends (in haze) this far away
 
 # Depth ranges (metres, log-uniform) of the objects, shared by both domains. v2 keeps small
-# objects within the distance at which a 96x128 camera still shows them with tens of pixels
+# objects within the distance at which a 96x192 camera still shows them with tens of pixels
 # (docs/minicity.md, "Visible"); big objects (trees, lamps) may stand far away.
 DEPTHS: dict[str, tuple[float, float]] = {
     "tree": (5.0, 70.0),
