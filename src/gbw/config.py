@@ -21,6 +21,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from gbw.data.classes import NUM_CLASSES
 from gbw.errors import ConfigError
+from gbw.fileio import write_text
 
 
 @dataclass
@@ -296,8 +297,24 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
+def flat_dict(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"a.b.c": value}`` (empty mappings stay values)."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= flat_dict(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
+    return out
+
+
+def config_difference(stored: dict, wanted: dict) -> list[str]:
+    """The keys (``out_dir`` aside) whose values differ between two config dicts."""
+    a, b = flat_dict(stored), flat_dict(wanted)
+    return sorted(k for k in set(a) | set(b) if k != "out_dir" and a.get(k) != b.get(k))
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:

@@ -15,36 +15,38 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from gbw.config import ExperimentConfig, load_config, to_dict
+from gbw.config import ConfigError, ExperimentConfig, config_difference, load_config, to_dict
 from gbw.data.classes import CITYSCAPES_CLASSES
 
 SETTINGS = {"source_only": "source_only", "self_training": "dacs"}
 WEIGHTINGS = ("none", "gbw")
-# Training budget per setting (iterations at batch 8 + 8 of 96x128 images). Chosen so that
-# the whole demo fits 5 minutes on 2 CPU cores; never tuned on GBW's result.
-ITERS = {"source_only": 600, "self_training": 400}
+# The runs come from configs/minicity/<setting>[_gbw].yaml: one definition of the network and
+# the per-run budget for the demo, the study and `gbw train` (docs/minicity.md). --quick
+# (tests) shortens every run to these iterations on the quick-size data.
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "minicity"
 QUICK_ITERS = {"source_only": 12, "self_training": 8}
-# The demo is gbw's own benchmark, not a reference recipe: it keeps the options its recorded
-# numbers (README "Demo results") were made with, which are the named alternatives to the
-# DeepLabV2 recipes' reference defaults (docs/recipe_options.md): mmseg's all-pixel mean and
-# align_corners=False, an eval-mode teacher with EMA statistics, DAFormer's EMA start, ClassMix
-# over real classes only, jitter on RGB (at DAFormer's strength 0.2).
-DEMO_SOURCE_ONLY_OPTIONS = ["uda.ce_reduction=all_pixel_mean", "uda.align_corners=false"]
-DEMO_DACS_OPTIONS = [
-    "uda.src_ce_reduction=all_pixel_mean",
-    "uda.align_corners=false",
-    "uda.teacher_bn=ema",
-    "uda.ema_first_update=half",
-    "uda.mix_count_ignore=false",
-    "uda.color_jitter_channels=rgb",
-    "uda.color_jitter_strength=0.2",
-]
+
+
+def minicity_config(setting: str, weighting: str = "none") -> Path:
+    """The repository's MiniCity config of a demo setting (``source_only``, ``self_training``)
+    without (``none``) or with (``gbw``) GBW."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown MiniCity setting {setting!r}; choose one of {list(SETTINGS)}")
+    path = CONFIGS / f"{setting}{'_gbw' if weighting == 'gbw' else ''}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: MiniCity config not found; gbw demo reads configs/minicity/ from a clone "
+            "of the repository (pip install -e .)"
+        )
+    return path
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,49 +80,66 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--iters",
         type=int,
         default=0,
-        help="override the iterations of every run (0 = the demo's budget)",
+        help="override the iterations of every run (0 = the budget of configs/minicity/)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="runs trained at the same time, one process each (0 = one per CPU core, at most "
+        "2); the CPU threads are split between them",
     )
     p.add_argument(
         "--data-root",
         default=None,
         help="where MiniCity is generated and cached (default: ~/.cache/gbw)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again a run whose folder holds a run of other settings (by default that "
+        "is an error: the demo never deletes a run silently)",
+    )
 
 
 def demo_config(
     setting: str, weighting: str, seed: int, args: argparse.Namespace
 ) -> ExperimentConfig:
-    """The experiment of one demo run (also written to its run folder as config.yaml)."""
-    iters = args.iters or (QUICK_ITERS if args.quick else ITERS)[setting]
+    """The experiment of one demo run: ``minicity_config(setting, weighting)`` with the run's
+    name, seed and data root (written to its run folder as config.yaml)."""
     overrides = [
-        f"name={setting}-{weighting}-s{seed}",
+        f"name={run_name(setting, weighting, seed, args)}",
         f"seed={seed}",
-        f"method={SETTINGS[setting]}",
-        "model.name=tinyseg",
         f"data.minicity_size={'quick' if args.quick else 'default'}",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.in_memory=true",
-        "optim.name=adamw",
-        "optim.lr=0.002",
-        "optim.weight_decay=0.0001",
-        "optim.head_lr_mult=1.0",
-        "optim.power=0.9",
-        f"train.max_iters={iters}",
-        f"train.log_every={max(1, iters // 40)}",
-        f"train.ckpt_every={max(1, iters // 4)}",
-        "train.accelerator=cpu",
         "train.progress=false",
-        "eval.batch_size=25",
+        *budget_overrides(args.iters or (QUICK_ITERS[setting] if args.quick else 0), 40, 4),
+        *weighting_overrides(weighting, args),
     ]
-    overrides += weighting_overrides(weighting, args)
-    if SETTINGS[setting] == "dacs":
-        # DACS recipe values; the jitter ops in a fixed order to save CPU time
-        overrides += ["uda.ema_alpha=0.99", "uda.color_jitter_random_order=false"]
-        overrides += DEMO_DACS_OPTIONS
-    else:
-        overrides += DEMO_SOURCE_ONLY_OPTIONS
-    return load_config(None, overrides)
+    return load_config(minicity_config(setting, weighting), overrides)
+
+
+def run_name(setting: str, weighting: str, seed: int, args: argparse.Namespace) -> str:
+    """``<setting>-<weighting>[-<GBW options>][-it<iters>]-s<seed>``: runs of other options
+    get other folders, so that a demo never meets (or deletes) a run of other settings."""
+    parts = [setting, weighting]
+    if weighting == "gbw":
+        defaults = {"lam": 1.0, "variant": "class", "scale": "none"}
+        given = {"lam": float(args.lam), "variant": args.variant, "scale": args.scale}
+        parts += [f"{k}{v}" for k, v in given.items() if v != defaults[k]]
+    if args.iters:
+        parts.append(f"it{args.iters}")
+    return "-".join([*parts, f"s{seed}"])
+
+
+def budget_overrides(iters: int, logs: int, checkpoints: int) -> list[str]:
+    """``train.max_iters`` and matching log/checkpoint intervals (nothing for ``iters=0``)."""
+    if not iters:
+        return []
+    return [
+        f"train.max_iters={iters}",
+        f"train.log_every={max(1, iters // logs)}",
+        f"train.ckpt_every={max(1, iters // checkpoints)}",
+    ]
 
 
 def weighting_overrides(weighting: str, args: argparse.Namespace) -> list[str]:
@@ -148,26 +167,130 @@ class RunOutcome:
     seconds: float
 
 
-def _train_or_reuse(exp: ExperimentConfig, run_dir: Path) -> RunOutcome:
+def _stored_difference(exp: ExperimentConfig, run_dir: Path) -> list[str] | None:
+    """The config keys in which the run already in ``run_dir`` differs from ``exp`` (None: no
+    stored run)."""
+    import yaml
+
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        return None
+    return config_difference(yaml.safe_load(stored.read_text()), to_dict(exp))
+
+
+def _finished(exp: ExperimentConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run of exactly this config, else None."""
+    if (run_dir / "metrics.json").exists() and _stored_difference(exp, run_dir) == []:
+        return json.loads((run_dir / "metrics.json").read_text())
+    return None
+
+
+def check_reusable(exp: ExperimentConfig, run_dir: Path, overwrite: bool) -> None:
+    """A run folder holding a run of other settings is an error unless ``overwrite`` (the
+    demo never deletes a run silently; gbw.engine.run_folder decides what may be deleted)."""
+    diff = _stored_difference(exp, run_dir)
+    if diff and not overwrite:
+        shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise ConfigError(
+            f"{run_dir} holds a run of other settings (differs in {shown}); write the demo to "
+            "another --out, or pass --overwrite to train it again"
+        )
+
+
+def _train(
+    exp: ExperimentConfig, run_dir: Path, threads: int, overwrite: bool
+) -> tuple[dict[str, float], float]:
+    """Train one run (resuming its own last checkpoint); (metrics, seconds). Runs in a worker
+    process when the demo trains several runs at once."""
+    import torch
+
     from gbw.engine.trainer import train
 
-    metrics_file = run_dir / "metrics.json"
-    stored = run_dir / "config.yaml"
-    if metrics_file.exists() and stored.exists():
-        import yaml
-
-        if yaml.safe_load(stored.read_text()) == to_dict(exp):
-            m = json.loads(metrics_file.read_text())
-            return RunOutcome("", "", exp.seed, run_dir, m, 0.0)
-    resume = (run_dir / "checkpoints" / "last.ckpt").exists()
-    if resume:
-        import yaml
-
-        if not stored.exists() or yaml.safe_load(stored.read_text()) != to_dict(exp):
-            resume = False
+    torch.set_num_threads(threads)
+    fresh = bool(_stored_difference(exp, run_dir))  # another config: only with --overwrite
     t0 = time.perf_counter()
-    result = train(exp, run_dir=run_dir, resume=resume, overwrite=not resume)
-    return RunOutcome("", "", exp.seed, run_dir, result.metrics, time.perf_counter() - t0)
+    result = train(
+        exp, run_dir=run_dir, resume=False if fresh else "auto", overwrite=overwrite and fresh
+    )
+    return result.metrics, time.perf_counter() - t0
+
+
+def _start(args: argparse.Namespace, out: Path) -> tuple[list[int], int]:
+    """(seeds, runs at a time); MiniCity generated (or found) and the output folder made."""
+    from gbw.data.minicity import ensure_minicity
+
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    size = "quick" if args.quick else "default"
+    workers = args.jobs or min(2, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    data_dir = ensure_minicity(args.data_root, seed=0, size=size, workers=workers)
+    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
+    return seeds, workers
+
+
+def _train_all(
+    seeds: list[int],
+    args: argparse.Namespace,
+    out: Path,
+    config: Callable[[str, str, int, argparse.Namespace], ExperimentConfig],
+    settings: Iterable[str],
+    summary: Callable[[dict[str, float]], str],
+    workers: int,
+    budget_note: str,
+) -> list[RunOutcome]:
+    """Every (seed, setting, weighting) run, trained (``workers`` at a time, one process
+    each) or reused, one line each as it finishes."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    import torch
+
+    jobs = [
+        (setting, weighting, seed, exp, out / "runs" / exp.name)
+        for seed in seeds
+        for setting in settings
+        for weighting in WEIGHTINGS
+        for exp in [config(setting, weighting, seed, args)]
+    ]
+    for *_, exp, run_dir in jobs:  # before any training: a conflict is one line, nothing lost
+        check_reusable(exp, run_dir, args.overwrite)
+    iters = {j[0]: j[3].train.max_iters for j in jobs}
+    print(
+        "Budget per run: "
+        + ", ".join(f"{s} {n} iterations" for s, n in iters.items())
+        + f" ({budget_note}); {workers} run(s) at a time"
+    )
+    outcomes: dict[int, RunOutcome] = {}
+
+    def report(i: int, metrics: dict[str, float], seconds: float) -> None:
+        setting, weighting, seed, exp, run_dir = jobs[i]
+        outcomes[i] = RunOutcome(setting, weighting, seed, run_dir, metrics, seconds)
+        took = f"{seconds:.0f} s" if seconds else "reused"
+        print(f"  {exp.name:<32} {summary(metrics)}  ({took})", flush=True)
+
+    todo = []
+    for i, (*_, exp, run_dir) in enumerate(jobs):
+        done = _finished(exp, run_dir)
+        if done is not None:
+            report(i, done, 0.0)
+        else:
+            todo.append(i)
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            threads = max(1, torch.get_num_threads())
+            report(i, *_train(jobs[i][3], jobs[i][4], threads, args.overwrite))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # "spawn": the workers must not inherit the parent's torch threads (fork is unsafe)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_train, jobs[i][3], jobs[i][4], threads, args.overwrite): i
+                for i in todo
+            }
+            for fut in as_completed(futures):
+                report(futures[fut], *fut.result())
+    return [outcomes[i] for i in range(len(jobs))]
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -189,11 +312,23 @@ def run_demo(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     out = Path(args.out)
-    seeds = _start(args, out)
-    outcomes = _train_all(
-        seeds, args, out, demo_config, SETTINGS, lambda m: f"target mIoU {100 * m['mIoU']:5.1f}"
-    )
     size = "quick" if args.quick else "default"
+    seeds, workers = _start(args, out)
+    note = (
+        "shorter than the study's budget in configs/minicity/"
+        if args.quick or args.iters
+        else "configs/minicity/, the study's budget"
+    )
+    outcomes = _train_all(
+        seeds,
+        args,
+        out,
+        demo_config,
+        SETTINGS,
+        lambda m: f"target mIoU {100 * m['mIoU']:5.1f}",
+        workers,
+        note,
+    )
 
     names = CITYSCAPES_CLASSES
     rows = class_table(args.data_root, 0, size)
@@ -306,43 +441,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start(args: argparse.Namespace, out: Path) -> list[int]:
-    """The demo's seeds; MiniCity generated (or found) and the output folder made."""
-    import torch
-
-    from gbw.data.minicity import ensure_minicity
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    size = "quick" if args.quick else "default"
-    t0 = time.perf_counter()
-    data_dir = ensure_minicity(args.data_root, seed=0, size=size)
-    print(f"MiniCity ({size}) ready at {data_dir} ({time.perf_counter() - t0:.1f} s)")
-    return [int(s) for s in str(args.seeds).split(",") if s.strip()]
-
-
-def _train_all(
-    seeds: list[int],
-    args: argparse.Namespace,
-    out: Path,
-    config: Callable[[str, str, int, argparse.Namespace], ExperimentConfig],
-    settings: Iterable[str],
-    summary: Callable[[dict[str, float]], str],
-) -> list[RunOutcome]:
-    """Every (seed, setting, weighting) run, trained or reused, one line each."""
-    outcomes: list[RunOutcome] = []
-    for seed in seeds:
-        for setting in settings:
-            for weighting in WEIGHTINGS:
-                exp = config(setting, weighting, seed, args)
-                o = _train_or_reuse(exp, out / "runs" / exp.name)
-                o.setting, o.weighting = setting, weighting
-                outcomes.append(o)
-                took = f"{o.seconds:.0f} s" if o.seconds else "reused"
-                print(f"  {exp.name:<28} {summary(o.metrics)}  ({took})")
-    return outcomes
-
-
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -350,17 +448,20 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _verdict(setting: str, deltas: list[float], metric: str = "mIoU") -> str:
-    """One honest line: a gain, no change or a loss, with the rule used."""
-    mean, std = _mean_std(deltas)
-    n = len(deltas)
-    if n > 1 and not math.isnan(std):
-        se = std / math.sqrt(n)
-        clear = abs(mean) >= 0.5 and abs(mean) > 2 * se
-        rule = f"mean of {n} paired seeds, 2 standard errors = {2 * se:.1f}"
+    """One honest line: a gain, no change or a loss, with the rule used. Several seeds: the
+    paired 95 % t interval of the deltas decides (METHOD.md section 7, as ``gbw report
+    --sweep``); one seed has no interval, and only a change of 1 point or more is named."""
+    from gbw.analysis.stats import paired_comparison
+
+    mean, _ = _mean_std(deltas)
+    if len(deltas) > 1:
+        c = paired_comparison(dict(enumerate(deltas)), dict.fromkeys(range(len(deltas)), 0.0))
+        word = {"better": "a gain", "worse": "a loss"}.get(c.verdict, "no clear change")
+        rule = f"{c.n} paired seeds, 95 % interval [{c.low:+.2f}, {c.high:+.2f}]"
     else:
         clear = abs(mean) >= 1.0
+        word = ("a gain" if mean > 0 else "a loss") if clear else "no clear change"
         rule = "one seed: seed-to-seed noise not measured, |Δ| >= 1 point counted as a change"
-    word = ("a gain" if mean > 0 else "a loss") if clear else "no clear change"
     return f"Found for {setting}: {word} with GBW, {metric} Δ = {mean:+.2f} points ({rule})."
 
 
@@ -370,14 +471,13 @@ def _domain_gap(out: Path, seed: int, args: argparse.Namespace, classes) -> tupl
     from gbw.engine.evaluate import evaluate
     from gbw.engine.runs import load_trained
 
-    run = out / "runs" / f"source_only-none-s{seed}"
+    run = out / "runs" / run_name("source_only", "none", seed, args)
     exp, model, _ = load_trained(run)
-    size = exp.data.minicity_size
-    res = []
-    for split in ("source_val", "target_val"):
-        ds = MiniCity(split, args.data_root, size=size, with_labels=True)
-        res.append(100 * evaluate(model, ds, exp.eval, exp.model.num_classes, classes=classes).miou)
-    return res[0], res[1]
+    ds = MiniCity("source_val", args.data_root, size=exp.data.minicity_size, with_labels=True)
+    source = evaluate(model, ds, exp.eval, exp.model.num_classes, classes=classes).miou
+    # target val: the run's own final evaluation (same model, split and classes)
+    target = json.loads((run / "metrics.json").read_text())["mIoU"]
+    return 100 * source, 100 * target
 
 
 def _plots(

@@ -105,6 +105,7 @@ def build_loader(
             "worker_init_fn": seed_worker,
             "prefetch_factor": prefetch_factor,
             "persistent_workers": persistent_workers,
+            "multiprocessing_context": worker_context(),
         }
     return DataLoader(
         dataset,
@@ -117,6 +118,16 @@ def build_loader(
         generator=generator,
         **extra,
     )
+
+
+def worker_context() -> Any:
+    """The start method of data-loading workers: ``forkserver`` where it exists (workers fork
+    from a fresh single-threaded server; a plain fork of a process that already runs threads
+    - torch's, TensorBoard's, tqdm's monitor - can deadlock in the child), else ``spawn``."""
+    import multiprocessing
+
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
 
 
 class ForeverIterator:

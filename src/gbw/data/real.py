@@ -11,7 +11,6 @@ otherwise, with one vectorised table lookup.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -434,11 +433,9 @@ def parallel_map(
     if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    # forkserver: workers fork from a fresh, single-threaded server process; a plain fork of a
-    # process that runs threads (torch, tqdm's monitor) can deadlock in the child
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    with ctx.Pool(workers, initializer=_init_cv_worker) as pool:
+    from gbw.data.loader import worker_context  # forkserver: see there
+
+    with worker_context().Pool(workers, initializer=_init_cv_worker) as pool:
         imap = pool.imap if ordered else pool.imap_unordered
         yield from imap(fn, jobs, chunksize=4)
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gbw.config import DatasetSpec, ExperimentConfig
 from gbw.data.base import SegmentationDataset
-from gbw.data.loader import reseed_transforms
+from gbw.data.loader import reseed_transforms, worker_context
 from gbw.data.sampling import RareClassDataset, RareClassSampler
 from gbw.data.transforms import TrainTransform
 
@@ -60,18 +60,8 @@ def build_dataset(
             "use the crop-level uda.pseudo_margins"
         )
     if spec.name == "minicity":
-        import inspect
-
         from gbw.data.minicity import MiniCity
 
-        panoptic = {}
-        if spec.panoptic:
-            if "with_panoptic" not in inspect.signature(MiniCity).parameters:
-                raise ValueError(
-                    "data.*.panoptic on MiniCity needs MiniCity v2 (instance maps, "
-                    "MiniCity(..., with_panoptic=True)); this MiniCity has none"
-                )
-            panoptic = {"with_panoptic": True}
         ds = MiniCity(
             spec.split,
             spec.root or None,
@@ -79,7 +69,7 @@ def build_dataset(
             size=exp.data.minicity_size,
             with_labels=with_labels,
             transform=transform,
-            **panoptic,
+            with_panoptic=spec.panoptic,
         )
         if limit:
             ds.samples = ds.samples[:limit]
@@ -349,6 +339,7 @@ def build_train_loader(
         drop_last=True,
         collate_fn=collate,
         persistent_workers=workers > 0,
+        multiprocessing_context=worker_context() if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
         # Its own generator: starting an iterator draws a base seed, which would otherwise come

@@ -10,6 +10,7 @@ log, evaluation and checkpoint steps.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import sys
@@ -184,15 +185,17 @@ def _versions() -> dict[str, str]:
         "gbw": gbw.__version__,
         "platform": platform.platform(),
     }
+    # Read from the installed metadata: importing transformers only for its version costs
+    # seconds per run, which the many short MiniCity runs of a sweep would pay each time.
     for pkg in (
         "torchvision",
-        "lightning_fabric",
+        "lightning-fabric",
         "numpy",
         "transformers",
-        "segmentation_models_pytorch",
+        "segmentation-models-pytorch",
     ):
-        with contextlib.suppress(ImportError):
-            out[pkg] = __import__(pkg).__version__
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[pkg.replace("-", "_")] = importlib.metadata.version(pkg)
     if torch.cuda.is_available():
         out["cuda_device"] = torch.cuda.get_device_name()
     return out

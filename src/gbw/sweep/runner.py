@@ -42,7 +42,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from gbw.config import ConfigError, ExperimentConfig
+from gbw.config import ConfigError, ExperimentConfig, config_difference
 from gbw.fileio import write_text
 from gbw.sweep.manifest import MANIFEST, read_finished_metrics
 from gbw.sweep.plan import RunSpec, validate
@@ -87,21 +87,6 @@ class SweepResult:
     @property
     def failed(self) -> list[PlannedRun]:
         return [r for r in self.runs if r.status == "failed"]
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
-    return out
-
-
-def config_difference(stored: dict, wanted: dict) -> list[str]:
-    """The keys (``out_dir`` aside) whose values differ between two config dicts."""
-    a, b = _flat(stored), _flat(wanted)
-    return sorted(k for k in set(a) | set(b) if k != "out_dir" and a.get(k) != b.get(k))
 
 
 def config_dict(exp: ExperimentConfig) -> dict[str, Any]:

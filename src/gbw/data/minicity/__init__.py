@@ -6,8 +6,9 @@ Cityscapes-like priors, 19 Cityscapes trainIds, strong source imbalance and buil
 confusable pairs (train vs bus/truck, rider vs person). Generated once, cached on disk.
 
     from gbw.data.minicity import MiniCity, ensure_minicity
-    path = ensure_minicity(root, seed=0, size="default")   # ~14 s of CPU the first time
+    path = ensure_minicity(root, seed=0, size="default")   # ~30 s of CPU the first time
     ds = MiniCity("source_train", root)                    # image (3,H,W) float, label (H,W)
+    pan = MiniCity("source_train", root, with_panoptic=True)[0]["panoptic"]  # trainId*1000+k
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Layout of one generated copy (``ensure_minicity`` returns its path)::
         meta.json                              # what produced it, split sizes, class list
         source/train/images/00000.png ...      # RGB uint8
         source/train/labels/00000.png ...      # trainIds uint8 (255 = ignore)
+        source/train/panoptic/00000.png ...    # uint16 trainId*1000+k, void 65535 (panoptic.py)
         source/train/class_stats.json          # per-image pixel counts of the 19 trainIds
         source/val/...  target/train/...  target/val/...
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from gbw.data.classes import CITYSCAPES_CLASSES, NUM_CLASSES
 
-VERSION = "v1"  # bump when the generator changes what it draws (the key also hashes the code)
+VERSION = "v2"  # bump when the generator changes what it draws (the key also hashes the code)
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +59,28 @@ class Size:
     target_train: int
     target_val: int
     height: int = 96
-    width: int = 128
+    width: int = 192
 
     def count(self, split: str) -> int:
         return int(getattr(self, split))
 
 
-# "default" fits 4 short training runs + evaluation in the 5-minute CPU demo; "quick" is for
-# tests. Images are 96x128 (H x W): a dash-cam aspect, the smallest at which a 2-metre person
-# 20 m away is still ~8 pixels tall.
+# "default" is the benchmark of the demo and the study; "quick" is for tests. Images are
+# 96x192 (H x W), Cityscapes' 1:2 aspect: at this width a pedestrian on the sidewalk, seen
+# where the camera frames him, keeps a median of ~30 visible pixels (v1: 96x128, ~14).
 SIZES: dict[str, Size] = {
-    "default": Size(source_train=600, source_val=100, target_train=400, target_val=150),
+    "default": Size(source_train=1000, source_val=300, target_train=500, target_val=250),
     "quick": Size(source_train=40, source_val=10, target_train=30, target_val=20),
 }
 
-_GENERATOR_FILES = ("scene.py", "geometry.py", "domains.py", "textures.py", "cache.py")
+_GENERATOR_FILES = (
+    "scene.py",
+    "geometry.py",
+    "domains.py",
+    "textures.py",
+    "panoptic.py",
+    "cache.py",
+)
 
 
 def default_root() -> Path:
@@ -147,17 +155,19 @@ def _remove_stale_temps(final: Path, max_age_s: float = 6 * 3600) -> None:
 
 def _render_one(job: tuple[str, int, int, int, int, str]) -> list[int]:
     """Render, write and count one image. Runs in worker processes: numpy/PIL only."""
-    from gbw.data.io import write_png
+    from gbw.data.io import write_png, write_png_unchanged
     from gbw.data.minicity.domains import DOMAINS
+    from gbw.data.minicity.panoptic import encode_png16
     from gbw.data.minicity.scene import render
 
     split, index, seed, height, width, out = job
     domain, folder, stream = SPLITS[split]
     rng = np.random.default_rng([seed, stream, index])
-    image, label = render(DOMAINS[domain], rng, (height, width))
+    image, label, panoptic = render(DOMAINS[domain], rng, (height, width))
     base = Path(out) / folder
     write_png(base / "images" / f"{index:05d}.png", image)
     write_png(base / "labels" / f"{index:05d}.png", label)
+    write_png_unchanged(base / "panoptic" / f"{index:05d}.png", encode_png16(panoptic))
     return np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES].tolist()
 
 
@@ -179,8 +189,8 @@ def _generate(out: Path, seed: int, size: Size, workers: int) -> None:
         for i in range(size.count(split))
     ]
     for _, folder, _ in SPLITS.values():
-        (out / folder / "images").mkdir(parents=True, exist_ok=True)
-        (out / folder / "labels").mkdir(parents=True, exist_ok=True)
+        for kind in ("images", "labels", "panoptic"):
+            (out / folder / kind).mkdir(parents=True, exist_ok=True)
     counts = list(_run_jobs(jobs, workers))
     start = 0
     for split, (_, folder, _) in SPLITS.items():
@@ -199,7 +209,7 @@ def ensure_minicity(
 ) -> Path:
     """Return the MiniCity directory for (seed, size) under ``root``, generating it if needed.
 
-    ``root`` defaults to :func:`default_root`. The default size costs ~14 s of CPU time.
+    ``root`` defaults to :func:`default_root`. The default size costs ~30 s of CPU time.
     ``workers > 1`` renders in that many "spawn" processes: faster on idle cores, never a
     different output; like any spawn pool it needs the caller's script to guard its entry
     point with ``if __name__ == "__main__"``, which is why it is not the default.

@@ -75,7 +75,7 @@ class Domain:
 # field: (source, target). Read side by side, this table *is* the prior shift.
 _PRIORS: dict[str, tuple[object, object]] = {
     "focal":              ((0.82, 0.98), (0.92, 1.08)),  # Cityscapes' lens is longer
-    "horizon":            ((0.42, 0.52), (0.40, 0.48)),
+    "horizon":            ((0.36, 0.46), (0.34, 0.42)),
     "cam_height":         ((1.3, 1.8), (1.2, 1.5)),
     "left_lanes":         ((1, 2, 2, 3), (1, 1, 2)),  # GTA5's wide roads, narrower city streets
     "p_parking":          (0.5, 0.75),
@@ -92,18 +92,18 @@ _PRIORS: dict[str, tuple[object, object]] = {
     "p_tram_tracks":      (0.02, 0.20),
     "trees":              (1.6, 4.0),
     "poles":              (4.0, 6.0),
-    "p_traffic_light":    (0.14, 0.18),
+    "p_traffic_light":    (0.09, 0.18),
     "p_sign":             (0.22, 0.35),
     "cars":               (7.0, 4.5),
-    "trucks":             (0.5, 0.15),
-    "buses":              (0.18, 0.35),
-    "trams":              (0.04, 0.10),
+    "trucks":             (0.5, 0.10),
+    "buses":              (0.22, 0.35),
+    "trams":              (0.08, 0.18),
     "persons":            (3.5, 8.0),
     "p_group":            (0.15, 0.35),
-    "riders":             (0.10, 0.45),
+    "riders":             (0.35, 0.80),
     "p_rider_motorcycle": (0.55, 0.20),  # Cityscapes' riders are mostly cyclists
-    "parked_bicycles":    (0.08, 0.60),
-    "parked_motorcycles": (0.10, 0.10),
+    "parked_bicycles":    (0.20, 0.60),
+    "parked_motorcycles": (0.08, 0.10),
 }
 SOURCE_PRIORS = Priors(**{k: v[0] for k, v in _PRIORS.items()})  # type: ignore[arg-type]
 TARGET_PRIORS = Priors(**{k: v[1] for k, v in _PRIORS.items()})  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ SKY_DEPTH = 1e8  # behind everything, in front of "nothing drawn yet" (inf)
 
 # A shape: (u, v, px) -> int part map, where u, v are metric coordinates broadcast to the
 # bounding box and px is the size of one pixel in metres there (thin parts use it to stay
-# at least one pixel wide instead of vanishing between pixel centres).
+# at least two pixels wide instead of vanishing between pixel centres).
 ShapeFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -37,6 +37,8 @@ class Material:
     ``rgb`` is the flat colour (what the synthetic source uses). The target domain adds a
     real-photo grey texture (luminance modulation) and/or a colour photo blended in, both
     sampled at the pixel's metric coordinates so they scale with depth like a real surface.
+    ``instance`` is the object's instance number (0 for stuff); every part of one object of
+    a thing class carries the same number (:meth:`Canvas.new_instance`).
     """
 
     label: int
@@ -48,6 +50,7 @@ class Material:
     ppm: float = 20.0  # texture pixels per metre
     offset: tuple[float, float] = (0.0, 0.0)
     shade: float = 1.0
+    instance: int = 0
 
     def colours(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """(n,) metric coordinates -> (n, 3) float32 colours."""
@@ -84,13 +87,19 @@ class Camera:
 
 @dataclass
 class Canvas:
-    """Colour, trainId and depth buffers of one image, plus pixel-centre coordinates."""
+    """Colour, trainId, instance and depth buffers of one image, plus pixel-centre coordinates.
+
+    ``inst`` holds the instance number of the material that won the z-test (0 = stuff), so an
+    occluded object keeps exactly its visible pixels.
+    """
 
     img: np.ndarray
     label: np.ndarray
     depth: np.ndarray
+    inst: np.ndarray
     xc: np.ndarray = field(init=False)
     yc: np.ndarray = field(init=False)
+    instances: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         h, w = self.label.shape
@@ -103,7 +112,13 @@ class Canvas:
             img=np.zeros((h, w, 3), np.float32),
             label=np.full((h, w), ignore, np.uint8),
             depth=np.full((h, w), np.inf, np.float32),
+            inst=np.zeros((h, w), np.int32),
         )
+
+    def new_instance(self) -> int:
+        """A fresh instance number (1, 2, ...) for the next object of a thing class."""
+        self.instances += 1
+        return self.instances
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -138,12 +153,14 @@ class Canvas:
             mat = mats[int(present[0]) - 1]
             self.img[rr, cc] = mat.colours(uu, vv)
             self.label[rr, cc] = mat.label
+            self.inst[rr, cc] = mat.instance
         else:
             for k in present:
                 sel = p == k
                 mat = mats[int(k) - 1]
                 self.img[rr[sel], cc[sel]] = mat.colours(uu[sel], vv[sel])
                 self.label[rr[sel], cc[sel]] = mat.label
+                self.inst[rr[sel], cc[sel]] = mat.instance
         self.depth[rr, cc] = depth if np.isscalar(depth) else depth[rr - r0, cc - c0]
 
 
@@ -233,9 +250,12 @@ def seg_dist(
     return np.hypot(u - ax - t * dx, v - ay - t * dy)
 
 
+MIN_STROKE_PX = 2.0  # thin structures (poles, bars, frames) are at least this many pixels wide
+
+
 def thick(width: float, px: np.ndarray) -> np.ndarray:
-    """Half-width of a stroke: its real half-width, but never under half a pixel."""
-    return np.maximum(width * 0.5, 0.5 * px)
+    """Half-width of a stroke: its real half-width, but never under ``MIN_STROKE_PX / 2`` pixels."""
+    return np.maximum(width * 0.5, 0.5 * MIN_STROKE_PX * px)
 
 
 def box(u: np.ndarray, v: np.ndarray, u0: float, u1: float, v0: float, v1: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Sample and draw one MiniCity street scene: ``render(domain, rng, hw) -> (image, label)``.
+"""Sample and draw one MiniCity street scene: ``render(domain, rng, hw) -> (image, label,
+panoptic)``.
 
 A scene is a straight street seen from a car: road (lanes, markings, sometimes crosswalks
 and tram tracks), curbs and sidewalks, grass verges, facades with windows, tree lines or open
@@ -25,6 +26,7 @@ import numpy as np
 from gbw.data.classes import CITYSCAPES_CLASSES, IGNORE_INDEX
 from gbw.data.minicity.domains import Domain, Style
 from gbw.data.minicity.geometry import (
+    MIN_STROKE_PX,
     SKY_DEPTH,
     Camera,
     Canvas,
@@ -36,11 +38,27 @@ from gbw.data.minicity.geometry import (
     side_plane,
     thick,
 )
+from gbw.data.minicity.panoptic import panoptic_from_instances
 from gbw.data.minicity.textures import TextureBank, texture_bank
 
 C = {name: i for i, name in enumerate(CITYSCAPES_CLASSES)}  # name -> trainId
 LANE = 3.3  # lane width, metres
 Z_FAR = 160.0  # the street ends (in haze) this far away
+
+# Depth ranges (metres, log-uniform) of the objects, shared by both domains. v2 keeps small
+# objects within the distance at which a 96x192 camera still shows them with tens of pixels
+# (docs/minicity.md, "Visible"); big objects (trees, lamps) may stand far away.
+DEPTHS: dict[str, tuple[float, float]] = {
+    "tree": (5.0, 70.0),
+    "pole": (5.0, 70.0),  # plain poles and street lamps
+    "signal": (4.0, 24.0),  # poles with a traffic light or a sign
+    "vehicle": (4.0, 50.0),
+    "vehicle_ego_lane": (7.0, 50.0),  # in front of the camera in its own lane
+    "person": (3.0, 22.0),
+    "rider": (4.0, 22.0),
+    "parked_two_wheeler": (3.0, 25.0),
+}
+FRAME_MARGIN = 0.05  # small objects stand at least this share of the width inside the image
 
 
 # ---- per-image look: materials and lighting ---------------------------------------------
@@ -84,7 +102,12 @@ class Look:
         return np.array([min(max(c + self.uniform(-j, j), 0.0), 1.0) for c in base], np.float32)
 
     def mat(
-        self, kind: str, label: int, shade: float = 1.0, rgb: np.ndarray | None = None
+        self,
+        kind: str,
+        label: int,
+        shade: float = 1.0,
+        rgb: np.ndarray | None = None,
+        instance: int = 0,
     ) -> Material:
         tex = photo = None
         strength = alpha = 0.0
@@ -111,6 +134,7 @@ class Look:
             ppm=ppm,
             offset=offset,
             shade=shade,
+            instance=instance,
         )
 
 
@@ -360,15 +384,23 @@ def draw_walls_fences(
             sp = float(rng.uniform(0.15, 0.3))
 
             def fence(
-                u: np.ndarray, v: np.ndarray, px: np.ndarray, h: float = h, sp: float = sp
+                u: np.ndarray,
+                v: np.ndarray,
+                px: np.ndarray,
+                h: float = h,
+                sp: float = sp,
+                z0: float = z0,
+                Xf: float = Xf,
             ) -> np.ndarray:
-                post = (u % 2.5) < 2 * thick(0.1, px)
+                # Along the street a pixel spans more metres than up (foreshortening).
+                pu = px * (u + z0) / abs(Xf)
+                post = (u % 2.5) < 2 * thick(0.1, pu)
                 rail = (np.abs(v - 0.2) < thick(0.06, px)) | (
                     np.abs(v - h + 0.05) < thick(0.06, px)
                 )
-                # Bars merge into a solid panel once a pixel is wider than their spacing,
-                # as a fence does in a low-resolution photograph.
-                bars = ((u % sp) < 0.45 * sp) | (px > 0.6 * sp)
+                # Bars merge into a solid panel once they would be thinner than a stroke, as
+                # a fence does in a low-resolution photograph.
+                bars = ((u % sp) < 0.45 * sp) | (0.45 * sp < MIN_STROKE_PX * pu)
                 return (post | rail | bars).astype(np.int8)
 
             side_plane(cv, cam, Xf, z0, z0 + L, h, fence, [look.mat("fence", C["fence"], shade)])
@@ -380,6 +412,20 @@ def draw_walls_fences(
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     """Depths: near objects are as common per metre of image height as far ones."""
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _depth_in_view(rng: np.random.Generator, cam: Camera, width: int, X: float, kind: str) -> float:
+    """A log-uniform depth from ``DEPTHS[kind]`` at which lateral position X is in the picture.
+
+    The near end of the range moves out to where X is at least ``FRAME_MARGIN`` of the width
+    inside the image border, so small objects beside the street are not drawn where the
+    camera cannot see them (one draw from ``rng`` either way).
+    """
+    lo, hi = DEPTHS[kind]
+    room = (width - cam.cx if X > 0 else cam.cx) - FRAME_MARGIN * width  # pixels to the border
+    if room > 0:
+        lo = max(lo, cam.f * abs(X) / room)
+    return _log_uniform(rng, min(lo, 0.8 * hi), hi)
 
 
 def draw_tree(
@@ -456,12 +502,14 @@ def draw_pole(
             parts[(ua >= 0) & (ua <= arm) & (np.abs(v - height) < thick(0.12, px))] = 1
         if kind == "light":
             cu = inward * arm if arm > 0 else 0.0
-            top = height - (0.05 if arm > 0 else -0.9)
-            body = box(u, v, cu - 0.2, cu + 0.2, top - 0.95, top)
-            body |= (np.abs(u - cu) < 0.5 * px) & (v > top - 0.95) & (v < top)  # >= 1 px wide
+            # A signal head with its backplate (v2: 0.56 x 1.15 m, was a bare 0.4 x 0.95 m head).
+            top = height - (0.05 if arm > 0 else -1.1)
+            body = box(u, v, cu - 0.28, cu + 0.28, top - 1.15, top)
+            body |= (np.abs(u - cu) < thick(0.0, px)) & (v > top - 1.15) & (v < top)  # >= 2 px
             parts[body] = 2
             for k in range(3):
-                parts[body & disc(u, v, cu, top - 0.17 - 0.3 * k, 0.1)] = 3 if k == lamp_on else 6
+                lamp = disc(u, v, cu, top - 0.22 - 0.355 * k, 0.13)
+                parts[body & lamp] = 3 if k == lamp_on else 6
         elif kind == "sign":
             cy, r = height - 0.35, 0.38
             if sign_shape == 0:
@@ -606,15 +654,16 @@ def draw_vehicle(
     w, h, L = spec
     label = C[kind]
     body = look.colour(kind)
+    iid = cv.new_instance()  # end face and flank are one object
     # Source and target differ in which faces the sun lights; the end face uses the front shade.
     end_mats = [
-        look.mat(kind, label, look.shade_front, body),
-        look.mat("glass", label, look.shade_front),
-        look.mat("tyre", label, look.shade_front),
-        look.mat("rear_light" if away else "head_light", label, 1.0),
+        look.mat(kind, label, look.shade_front, body, iid),
+        look.mat("glass", label, look.shade_front, instance=iid),
+        look.mat("tyre", label, look.shade_front, instance=iid),
+        look.mat("rear_light" if away else "head_light", label, 1.0, instance=iid),
     ]
     if kind == "train":  # part 4 is the skirt, not lights
-        end_mats[3] = look.mat(kind, label, look.shade_front * 0.6, body)
+        end_mats[3] = look.mat(kind, label, look.shade_front * 0.6, body, iid)
     billboard(
         cv,
         cam,
@@ -630,10 +679,10 @@ def draw_vehicle(
         Xp = X - np.sign(X) * w / 2
         shade = look.side_shade(-Xp)  # a flank facing the camera faces the street's centre
         side_mats = [
-            look.mat(kind, label, shade, body),
-            look.mat("glass", label, shade),
-            look.mat("tyre", label, shade),
-            look.mat(kind, label, shade * 0.6, body),
+            look.mat(kind, label, shade, body, iid),
+            look.mat("glass", label, shade, instance=iid),
+            look.mat("tyre", label, shade, instance=iid),
+            look.mat(kind, label, shade * 0.6, body, iid),
         ]
         side_plane(cv, cam, float(Xp), Z, Z + L, h, _vehicle_side(kind, h, L, away, rng), side_mats)
 
@@ -695,10 +744,11 @@ def draw_person(
         s,
         k,
     )
+    iid = cv.new_instance()
     mats = [
-        look.mat("cloth", C["person"], look.shade_front),
-        look.mat("cloth", C["person"], look.shade_front),
-        look.mat("skin", C["person"], look.shade_front),
+        look.mat("cloth", C["person"], look.shade_front, instance=iid),
+        look.mat("cloth", C["person"], look.shade_front, instance=iid),
+        look.mat("skin", C["person"], look.shade_front, instance=iid),
     ]
 
     def shape(u: np.ndarray, v: np.ndarray, px: np.ndarray) -> np.ndarray:
@@ -767,12 +817,15 @@ def draw_two_wheeler(
     label = C["motorcycle"] if moto else C["bicycle"]
     kind = "moto" if moto else "bike"
     sh = look.shade_front
+    # The two-wheeler and its rider are two instances of two classes, as in Cityscapes.
+    vid = cv.new_instance()
+    rid = cv.new_instance() if ridden else 0
     mats = [
-        look.mat(kind, label, sh),
-        look.mat("tyre", label, sh),
-        look.mat("cloth", C["rider"], sh),
-        look.mat("cloth", C["rider"], sh),
-        look.mat("moto" if moto else "skin", C["rider"], sh),
+        look.mat(kind, label, sh, instance=vid),
+        look.mat("tyre", label, sh, instance=vid),
+        look.mat("cloth", C["rider"], sh, instance=rid),
+        look.mat("cloth", C["rider"], sh, instance=rid),
+        look.mat("moto" if moto else "skin", C["rider"], sh, instance=rid),
     ]  # helmet or face
     k = float(rng.uniform(0.92, 1.08))
     if moto:
@@ -813,7 +866,12 @@ def draw_two_wheeler(
 
 
 def _place_vehicle(
-    st: Street, kind: str, rng: np.random.Generator, spec: tuple[float, float, float]
+    st: Street,
+    kind: str,
+    rng: np.random.Generator,
+    spec: tuple[float, float, float],
+    cam: Camera,
+    width: int,
 ) -> tuple[float, float, bool] | None:
     """Pick (X, Z, moving away) in a lane or parking strip without overlapping another."""
     L = spec[2]
@@ -830,7 +888,8 @@ def _place_vehicle(
                 if st.parking_l:
                     slots += [-st.road_l + 1.1]
             X = float(slots[int(rng.integers(len(slots)))])
-        Z = _log_uniform(rng, 7.0 if abs(X) < 1.0 else 4.0, 70.0)
+        kind_z = "vehicle_ego_lane" if abs(X) < 1.0 else "vehicle"
+        Z = _depth_in_view(rng, cam, width, X, kind_z)
         if st.reserve(X, Z, Z + L):
             # Lanes left of the centre line carry oncoming traffic; parked cars face either way.
             centre_line = -LANE / 2 - (LANE if st.left_lanes >= 2 else 0.0)
@@ -843,8 +902,9 @@ def _place_vehicle(
 
 def render(
     domain: Domain, rng: np.random.Generator, hw: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render one scene: (H, W, 3) uint8 RGB image and (H, W) uint8 trainId label."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one scene: (H, W, 3) uint8 RGB image, (H, W) uint8 trainId label and (H, W)
+    int64 panoptic ids (``trainId * 1000 + k`` for things, see :mod:`.panoptic`)."""
     H, W = hw
     p = domain.priors
     look = Look(domain.style, rng, texture_bank())
@@ -864,7 +924,7 @@ def render(
     for _ in range(rng.poisson(p.trees)):
         side = int(rng.choice([-1, 1]))
         X = side * (st.edge(side) + st.walk(side) * rng.uniform(0.55, 0.95) + st.verge(side) * 0.5)
-        draw_tree(cv, cam, float(X), _log_uniform(rng, 5.0, 70.0), look, rng)
+        draw_tree(cv, cam, float(X), _log_uniform(rng, *DEPTHS["tree"]), look, rng)
     for _ in range(rng.poisson(p.poles)):
         side = int(rng.choice([-1, 1]))
         r = rng.random()
@@ -878,7 +938,11 @@ def render(
             else "plain"
         )
         X = side * (st.edge(side) + 0.45)
-        draw_pole(cv, cam, float(X), _log_uniform(rng, 5.0, 70.0), side, kind, look, rng)
+        if kind in ("light", "sign"):
+            Z = _depth_in_view(rng, cam, W, float(X), "signal")
+        else:
+            Z = _log_uniform(rng, *DEPTHS["pole"])
+        draw_pole(cv, cam, float(X), Z, side, kind, look, rng)
 
     n = {
         "car": rng.poisson(p.cars),
@@ -894,7 +958,7 @@ def render(
                 float(rng.uniform(*vk.height)),
                 float(rng.uniform(*vk.length)),
             )
-            placed = _place_vehicle(st, kind, rng, spec)
+            placed = _place_vehicle(st, kind, rng, spec, cam, W)
             if placed is not None:
                 X, Z, away = placed
                 draw_vehicle(cv, cam, kind, X, Z, away, look, rng, spec)
@@ -902,18 +966,13 @@ def render(
     for _ in range(rng.poisson(p.persons)):
         side = int(rng.choice([-1, 1]))
         X = side * (st.edge(side) + rng.uniform(0.4, max(st.walk(side) - 0.3, 0.5)))
-        Z = _log_uniform(rng, 4.0, 50.0)
+        Z = _depth_in_view(rng, cam, W, float(X), "person")
         draw_person(cv, cam, float(X), Z, look, rng)
         if rng.random() < p.p_group:
-            for _ in range(int(rng.integers(1, 4))):
-                draw_person(
-                    cv,
-                    cam,
-                    float(X + rng.uniform(-0.9, 0.9)),
-                    Z + float(rng.uniform(-1.5, 1.5)),
-                    look,
-                    rng,
-                )
+            # Companions walk beside each other (half a metre or more apart), not in a file.
+            for k in range(int(rng.integers(1, 4))):
+                dx = (k + 1) * float(rng.uniform(0.45, 0.8)) * (1 if k % 2 else -1)
+                draw_person(cv, cam, float(X + dx), Z + float(rng.uniform(-0.8, 0.8)), look, rng)
     if st.crosswalk_z is not None:
         for _ in range(rng.poisson(p.persons * 0.4)):
             draw_person(
@@ -926,12 +985,14 @@ def render(
             )
     for _ in range(rng.poisson(p.riders)):
         side = int(rng.choice([-1, 1]))
-        X = side * (st.edge(side) - 0.8)
+        # Riders keep to the edge of the traffic lane: beside the parking strip if there is one.
+        parked = st.parking_r if side > 0 else st.parking_l
+        X = side * (st.edge(side) - (2.2 + 0.7 if parked else 0.8))
         draw_two_wheeler(
             cv,
             cam,
             float(X),
-            _log_uniform(rng, 5.0, 45.0),
+            _depth_in_view(rng, cam, W, float(X), "rider"),
             bool(rng.random() < p.p_rider_motorcycle),
             True,
             look,
@@ -942,13 +1003,20 @@ def render(
             side = int(rng.choice([-1, 1]))
             X = side * (st.edge(side) + rng.uniform(0.3, 0.9))
             draw_two_wheeler(
-                cv, cam, float(X), _log_uniform(rng, 4.0, 40.0), moto, False, look, rng
+                cv,
+                cam,
+                float(X),
+                _depth_in_view(rng, cam, W, float(X), "parked_two_wheeler"),
+                moto,
+                False,
+                look,
+                rng,
             )
 
     if domain.style.realistic:
         _realistic_optics(cv, cam, rng)
     img = np.clip(cv.img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return img, cv.label
+    return img, cv.label, panoptic_from_instances(cv.label, cv.inst)
 
 
 # ---- the target's camera: light, bonnet, lens and sensor --------------------------------

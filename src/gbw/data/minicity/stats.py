@@ -25,9 +25,9 @@ CONFUSABLE_PAIRS: tuple[tuple[int, int], ...] = (
 # Documented: under 1 % of source-train pixels, each by a wide margin (measured shares in
 # docs/minicity.md); the tests re-measure them on freshly rendered images.
 SOURCE_UNDER_1PCT: tuple[int, ...] = (
+    C["fence"],
     C["traffic light"],
     C["traffic sign"],
-    C["person"],
     C["rider"],
     C["train"],
     C["motorcycle"],
@@ -50,21 +50,38 @@ PRIOR_SHIFT: dict[int, int] = {
 }
 
 
-def render_counts(split: str, n: int, seed: int = 0, hw: tuple[int, int] = (96, 128)) -> np.ndarray:
+def render_split(
+    split: str, n: int, seed: int = 0, hw: tuple[int, int] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(label, panoptic) of the first n images of a split, rendered in memory with the seeds
+    of the on-disk generation (``hw`` defaults to the default size's)."""
+    from gbw.data.minicity.cache import SIZES, SPLITS
+    from gbw.data.minicity.domains import DOMAINS
+    from gbw.data.minicity.scene import render
+
+    if hw is None:
+        hw = (SIZES["default"].height, SIZES["default"].width)
+    domain, _, stream = SPLITS[split]
+    out = []
+    for i in range(n):
+        _, label, panoptic = render(DOMAINS[domain], np.random.default_rng([seed, stream, i]), hw)
+        out.append((label, panoptic))
+    return out
+
+
+def label_counts(labels: list[np.ndarray]) -> np.ndarray:
+    """Per-image pixel counts [N, 19] of trainId maps (ignore excluded)."""
+    return np.stack([np.bincount(x.ravel(), minlength=256)[:NUM_CLASSES] for x in labels])
+
+
+def render_counts(
+    split: str, n: int, seed: int = 0, hw: tuple[int, int] | None = None
+) -> np.ndarray:
     """Class pixel counts [n, 19] of the first n images of a split, rendered in memory.
 
     Same seeds as the on-disk generation, so this equals the split's ``class_stats``.
     """
-    from gbw.data.minicity.cache import SPLITS
-    from gbw.data.minicity.domains import DOMAINS
-    from gbw.data.minicity.scene import render
-
-    domain, _, stream = SPLITS[split]
-    out = np.zeros((n, NUM_CLASSES), np.int64)
-    for i in range(n):
-        _, label = render(DOMAINS[domain], np.random.default_rng([seed, stream, i]), hw)
-        out[i] = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
-    return out
+    return label_counts([label for label, _ in render_split(split, n, seed, hw)])
 
 
 @dataclass(frozen=True)
@@ -122,3 +139,42 @@ def describe(root: str | Path | None = None, seed: int = 0, size: str = "default
             f"{pct(r.target_pixels)} | {r.source_images:.1f} | {r.target_images:.1f} |"
         )
     return "\n".join(lines)
+
+
+# ---- visibility (docs/minicity.md, "Visible") --------------------------------------------
+
+
+def present_medians(counts: np.ndarray) -> np.ndarray:
+    """Per class: the median pixel count per image over the images where the class occurs
+    (NaN for a class that never occurs). ``counts``: per-image pixel counts [N, 19]."""
+    out = np.full(counts.shape[1], np.nan)
+    for c in range(counts.shape[1]):
+        col = counts[:, c]
+        if (col > 0).any():
+            out[c] = float(np.median(col[col > 0]))
+    return out
+
+
+def instance_areas(panoptic: np.ndarray) -> dict[int, list[int]]:
+    """Visible pixel area of every thing instance of one panoptic map, by trainId."""
+    from gbw.data.minicity.panoptic import LABEL_DIVISOR
+
+    ids, areas = np.unique(panoptic, return_counts=True)
+    out: dict[int, list[int]] = {}
+    for i, a in zip(ids.tolist(), areas.tolist()):
+        if i % LABEL_DIVISOR and i // LABEL_DIVISOR < NUM_CLASSES:
+            out.setdefault(i // LABEL_DIVISOR, []).append(int(a))
+    return out
+
+
+def thin_pixels(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` that no 2x2 square inside the mask covers (a morphological opening
+    with a 2x2 square removes them): the parts of a region less than 2 pixels wide."""
+    m = np.asarray(mask, bool)
+    core = m[:-1, :-1] & m[1:, :-1] & m[:-1, 1:] & m[1:, 1:]  # top-left corners of 2x2 squares
+    covered = np.zeros_like(m)
+    covered[:-1, :-1] |= core
+    covered[1:, :-1] |= core
+    covered[:-1, 1:] |= core
+    covered[1:, 1:] |= core
+    return m & ~covered
