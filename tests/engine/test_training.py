@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,7 @@ from gbw.engine.checkpoint import CheckpointError, load_checkpoint
 from gbw.engine.run_folder import RunExistsError
 from gbw.engine.stepper import lr_factor
 from gbw.engine.trainer import train
-
-
-def _method_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["method"]
+from kill_resume import assert_same_method_state, last_checkpoint, train_killed_at
 
 
 @pytest.mark.parametrize("method", ["source_only", "dacs"])
@@ -62,26 +58,13 @@ def test_kill_and_resume_is_bit_identical(minicity_root, tmp_path, monkeypatch, 
 
     from gbw.uda.dacs import DACS
 
-    original = DACS.training_step
-
-    def crash_at_5(self, source, target, step):
-        if step.index == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, source, target, step)
-
-    monkeypatch.setattr(DACS, "training_step", crash_at_5)
     exp_b = tiny_config(minicity_root, str(tmp_path / "b"), *args)
-    with pytest.raises(KeyboardInterrupt):
-        train(exp_b)
-    assert load_checkpoint(tmp_path / "b/tiny/checkpoints/last.ckpt")["step"] == 3
-    monkeypatch.setattr(DACS, "training_step", original)
+    train_killed_at(monkeypatch, DACS, exp_b, step=5)
+    assert last_checkpoint(tmp_path / "b/tiny")["step"] == 3
     with pytest.raises(RunExistsError, match="--resume"):
         train(exp_b)  # refuses to overwrite a run that holds checkpoints
     resumed = train(exp_b, resume=True)
-    a, b = _method_state(full.run_dir), _method_state(resumed.run_dir)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_method_state(full.run_dir, resumed.run_dir)
     assert json.dumps(full.metrics) == json.dumps(resumed.metrics)  # NaN-safe equality
     # the log holds each step once
     steps = [

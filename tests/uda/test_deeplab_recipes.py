@@ -18,6 +18,7 @@ from gbw.engine.trainer import build_method, train
 from gbw.uda.advent import self_information
 from gbw.uda.base import Step, resize_to
 from gbw.weighting import WEIGHTINGS
+from kill_resume import assert_same_method_state, train_killed_at
 from tiny_networks import tiny_method, tiny_network, tinyseg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,28 +138,14 @@ def test_method_trains_in_the_engine_and_logs_gbw_weights(minicity_root, tmp_pat
 
 def test_advent_kill_and_resume_restores_the_discriminators(minicity_root, tmp_path, monkeypatch):
     """Discriminators and their Adam states are checkpointed: a killed run resumes exactly."""
-    from gbw.engine.checkpoint import load_checkpoint
     from gbw.uda.advent import AdvEnt
 
     args = ("train.max_iters=4", "train.ckpt_every=2")
     full = train(engine_config("advent", minicity_root, str(tmp_path / "a"), *args))
-    original = AdvEnt.training_step
-
-    def crash_at_3(self, source, target, step):
-        if step.index == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, source, target, step)
-
-    monkeypatch.setattr(AdvEnt, "training_step", crash_at_3)
     exp = engine_config("advent", minicity_root, str(tmp_path / "b"), *args)
-    with pytest.raises(KeyboardInterrupt):
-        train(exp)
-    monkeypatch.setattr(AdvEnt, "training_step", original)
+    train_killed_at(monkeypatch, AdvEnt, exp, step=3)
     resumed = train(exp, resume=True)
-    a, b = (load_checkpoint(r.run_dir / "checkpoints" / "last.ckpt") for r in (full, resumed))
-    assert any(k.startswith("disc_aux.") for k in a["method"])
-    for k in a["method"]:
-        assert torch.equal(a["method"][k], b["method"][k]), k
+    a, b = assert_same_method_state(full.run_dir, resumed.run_dir, prefix="disc_aux.")
     assert set(a["optimizers"]) == {"model", "disc_main", "disc_aux"}
     state_a = a["optimizers"]["disc_main"]["state"]
     state_b = b["optimizers"]["disc_main"]["state"]

@@ -21,6 +21,7 @@ from gbw.engine.evaluate_panoptic import predict_panoptic
 from gbw.engine.trainer import build_method, train
 from gbw.metrics import PanopticQuality
 from gbw.uda.base import Step
+from kill_resume import assert_same_method_state, train_killed_at
 
 STEP_TERMS = ("src.ce", "src.rpn_cls", "src.rpn_box", "src.roi_cls", "src.roi_box", "src.mask")
 
@@ -233,7 +234,6 @@ def engine_overrides(trees, out) -> list[str]:
 
 
 def test_engine_trains_evaluates_and_resumes_bit_identically(trees, tmp_path, monkeypatch):
-    from gbw.engine.checkpoint import load_checkpoint
     from gbw.uda.dacs import DACS
 
     args = ["train.max_iters=4", "train.ckpt_every=2"]
@@ -246,24 +246,10 @@ def test_engine_trains_evaluates_and_resumes_bit_identically(trees, tmp_path, mo
     for key in ("src.rpn_cls", "src.mask", "src.roi_box", "mix.ce"):
         assert f",loss/{key}," in rows, key
 
-    original = DACS.training_step
-
-    def crash_at_3(self, source, target, step):
-        if step.index == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, source, target, step)
-
     exp = load_config(None, [*engine_overrides(trees, tmp_path / "b"), *args])
-    monkeypatch.setattr(DACS, "training_step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(exp)
-    monkeypatch.setattr(DACS, "training_step", original)
+    train_killed_at(monkeypatch, DACS, exp, step=3)
     resumed = train(exp, resume=True)
-    a = load_checkpoint(full.run_dir / "checkpoints" / "last.ckpt")["method"]
-    b = load_checkpoint(resumed.run_dir / "checkpoints" / "last.ckpt")["method"]
-    assert a.keys() == b.keys() and any(k.startswith("model.instance_head.") for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_method_state(full.run_dir, resumed.run_dir, prefix="model.instance_head.")
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from gbw.models.hrda import HRDAModel, ScaleAttentionHead, crop_at, paste_at
 from gbw.models.mit import nvlabs_key_shapes
 from gbw.uda.base import ReusedWeighting, Step
 from gbw.weighting import weighted_cross_entropy
+from kill_resume import assert_same_method_state, train_killed_at
 from tiny_networks import tiny_method, tiny_network
 
 #: (method, network base) of each recipe with a tiny MiT, and extra overrides
@@ -154,29 +155,14 @@ def test_engine_trains_each_recipe_and_logs_every_weighted_term(minicity, tmp_pa
 def test_killed_hrda_run_resumes_bit_identically(minicity, tmp_path, monkeypatch):
     """Teacher, frozen ImageNet encoder, the method's generator (detail crops, mixing, masks)
     and rare-class sampling all continue where the checkpoint left them."""
-    from gbw.engine.checkpoint import load_checkpoint
     from gbw.uda.dacs import DACS
 
     args = ("train.max_iters=4", "train.ckpt_every=2")
     full = train(engine_config("mic", minicity, tmp_path / "a", *args))
-    original = DACS.training_step
-
-    def crash_at_3(self, source, target, step):
-        if step.index == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, source, target, step)
-
-    monkeypatch.setattr(DACS, "training_step", crash_at_3)
     exp = engine_config("mic", minicity, tmp_path / "b", *args)
-    with pytest.raises(KeyboardInterrupt):
-        train(exp)
-    monkeypatch.setattr(DACS, "training_step", original)
+    train_killed_at(monkeypatch, DACS, exp, step=3)
     resumed = train(exp, resume=True)
-    a = load_checkpoint(full.run_dir / "checkpoints" / "last.ckpt")["method"]
-    b = load_checkpoint(resumed.run_dir / "checkpoints" / "last.ckpt")["method"]
-    assert a.keys() == b.keys() and any(k.startswith("imnet.") for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_method_state(full.run_dir, resumed.run_dir, prefix="imnet.")
 
 
 # --- HRDA's network ------------------------------------------------------------------------
