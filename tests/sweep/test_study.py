@@ -71,3 +71,9 @@ def test_quick_study_end_to_end(minicity_root, tmp_path):
     # GBW moves its weights away from 1; no weighting has none to show
     assert "| GBW as in the paper (class variant, Eq. 12, λ = 1) | source-only | src |" in md
     assert "| no class weighting |" not in md.split("## How far the weights")[1].split("##")[0]
+    # a rerun trains nothing, rewrites the report and adds no study time
+    assert "over 1 invocation(s)" in md
+    assert main(args) == 0
+    times = json.loads((out / "study_time.json").read_text())["invocations"]
+    assert [i["runs_trained"] for i in times] == [44, 0]
+    assert "over 1 invocation(s)" in (out / "study.md").read_text()

@@ -302,7 +302,9 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
     a = analyse(runs, plan.comparisons)
     st = "self_training"
     first = plan.seeds[0]
-    total_s = sum(i["seconds"] for i in wall["invocations"])
+    # a rerun that only rewrites the report (nothing left to train) adds no study time
+    training = [i for i in wall["invocations"] if i.get("runs_trained", 1)] or wall["invocations"]
+    total_s = sum(i["seconds"] for i in training)
     done = [r for r in runs if r.metrics is not None]
     cfg_note = ", ".join(f"`{p}`" for p in plan.configs.values())
     quick = " (--quick: tiny data, not a result)" if manifest["quick"] else ""
@@ -311,8 +313,9 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
         "",
         f"Machine: {_machine()}. Date: {time.strftime('%Y-%m-%d')}. "
         f"torch {torch.__version__}, gbw {gbw.__version__}, Python {platform.python_version()}.",
-        f"Wall time: {total_s / 60:.1f} min over {len(wall['invocations'])} invocation(s) of "
-        f"`gbw study`. Runs: {len(done)} of {len(runs)} finished, {manifest.get('jobs')} at "
+        f"Wall time: {total_s / 60:.1f} min over {len(training)} invocation(s) of "
+        f"`gbw study` that trained runs. Runs: {len(done)} of {len(runs)} finished, "
+        f"{manifest.get('jobs')} at "
         f"once ({manifest.get('launcher')} launcher"
         + (
             f", {manifest['threads_per_run']} thread(s) each"
@@ -389,11 +392,17 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
     ]
 
     lam_cols = [setting_label(st, lam_label(lam)) for lam in LAMBDAS]
-    row_m = ["target mIoU", fmt_mean_std(*a.summary[none]["mIoU"][:2])]
+    # the λ curve has fewer seeds: its baseline column is "none" on those seeds only
+    lam_seeds = set(plan.lambda_seeds)
+    a_lam = analyse(
+        [r for r in runs if r.setting in lam_cols or (r.setting == none and r.seed in lam_seeds)],
+        [(c, none) for c in lam_cols],
+    )
+    row_m = ["target mIoU", fmt_mean_std(*a_lam.summary[none]["mIoU"][:2])]
     row_d, row_v = ["Δ vs none [95 % CI]", ""], ["verdict", ""]
     for c in lam_cols:
-        row_m.append(fmt_mean_std(*a.summary[c]["mIoU"][:2]))
-        comp = a.comparison(c, none)
+        row_m.append(fmt_mean_std(*a_lam.summary[c]["mIoU"][:2]))
+        comp = a_lam.comparison(c, none)
         row_d.append(fmt_interval(comp.stats["mIoU"]) if comp else "-")
         row_v.append(comp.stats["mIoU"].verdict if comp else "-")
     lines += [
@@ -402,7 +411,7 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
         "",
         "GBW (class variant, Eq. 12) with `weighting.scale=mean` (g / mean g, so λ is "
         f"scale-free); seeds {','.join(map(str, plan.lambda_seeds))}, paired with no weighting "
-        "on the same seeds.",
+        'on the same seeds (the "-" column: no weighting on those seeds only).',
         "",
         md_table(["λ", "-", *LAMBDAS], [row_m, row_d, row_v]),
     ]
@@ -422,19 +431,19 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
     ]
     for s, title in [*SETTINGS.items(), (st, "self-training, λ curve")]:
         if title.endswith("λ curve"):
-            shown = [none, *lam_cols]
+            shown, an = [none, *lam_cols], a_lam
         else:
-            shown = [setting_label(s, w) for w in WEIGHTINGS]
-        comps = [c for x in shown[1:] if (c := a.comparison(x, shown[0])) is not None]
+            shown, an = [setting_label(s, w) for w in WEIGHTINGS], a
+        comps = [c for x in shown[1:] if (c := an.comparison(x, shown[0])) is not None]
         short = [_short(x) for x in shown]
         for what in ("IoU", "recall"):
             lines += [
                 "",
                 f"### {title}: {what}",
                 "",
-                class_table(a, what, shown, rare, short),
+                class_table(an, what, shown, rare, short),
                 "",
-                delta_table(a, what, comps, rare, [f"Δ {_short(c.setting)}" for c in comps]),
+                delta_table(an, what, comps, rare, [f"Δ {_short(c.setting)}" for c in comps]),
             ]
 
     spread_rows = []
@@ -507,7 +516,9 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
     lines += [f"\n{title}: ![{p.stem}](figures/{p.name})" for title, p in figures]
 
     notes = [
-        f"- {c.setting} vs {c.baseline}: {n}" for c in a.comparisons if (n := left_out_note(c))
+        f"- {c.setting} vs {c.baseline}: {n}"
+        for c in [*(c for c in a.comparisons if c.setting not in lam_cols), *a_lam.comparisons]
+        if (n := left_out_note(c))
     ]
     if notes or a.unfinished:
         lines += ["", "## Left out"]
