@@ -128,9 +128,10 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, **dump_kwargs: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically (``indent=1`` unless given)."""
+    """Write ``obj`` as JSON to ``path`` atomically (``indent=1`` unless given), ending in a
+    newline like any text file."""
     dump_kwargs.setdefault("indent", 1)
-    return write_text(path, json.dumps(obj, **dump_kwargs))
+    return write_text(path, json.dumps(obj, **dump_kwargs) + "\n")
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

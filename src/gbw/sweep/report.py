@@ -20,7 +20,6 @@ and ``sweep.json`` (every run's values, the aggregates and the comparisons). Val
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from gbw.analysis.stats import (
 )
 from gbw.config import ConfigError
 from gbw.data.classes import CITYSCAPES_CLASSES
+from gbw.fileio import write_json, write_text
 
 NAMES = CITYSCAPES_CLASSES
 CI_RULE = (
@@ -382,9 +382,9 @@ def write_sweep_report(
                 delta_table(a, what),
             ]
     text = "\n".join(lines) + "\n"
-    (dest / "sweep.md").write_text(text)
+    write_text(dest / "sweep.md", text)
     _write_csv(a, dest / "sweep.csv")
-    (dest / "sweep.json").write_text(json.dumps(_as_json(a, spec, out), indent=1) + "\n")
+    write_json(dest / "sweep.json", _as_json(a, spec, out))
     log("")
     log("\n".join(lines[: lines.index("## Target mIoU") + 3]))
     log(f"wrote {dest / 'sweep.md'}, sweep.csv and sweep.json")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gbw.config import ConfigError, ExperimentConfig, config_difference
-from gbw.fileio import write_text
+from gbw.fileio import write_json, write_text
 from gbw.sweep.manifest import MANIFEST, read_finished_metrics
 from gbw.sweep.plan import RunSpec, validate
 
@@ -161,7 +160,7 @@ def write_manifest(out: Path, info: dict[str, Any], planned: Sequence[PlannedRun
         "runs": runs,
     }
     path = out / MANIFEST
-    write_text(path, json.dumps(data, indent=1) + "\n")
+    write_json(path, data)
     return path
 
 

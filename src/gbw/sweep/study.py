@@ -196,7 +196,7 @@ def run_study(args: Any, launch: dict[str, Any]) -> int:
 
 def _record_wall_time(out: Path, started: str, seconds: float, trained: int) -> dict[str, Any]:
     """Append this invocation to ``DIR/study_time.json``; the study's total is their sum."""
-    from gbw.fileio import write_text
+    from gbw.fileio import write_json
 
     path = out / "study_time.json"
     try:
@@ -204,7 +204,7 @@ def _record_wall_time(out: Path, started: str, seconds: float, trained: int) -> 
     except (OSError, ValueError):
         data = {"invocations": []}
     data["invocations"].append({"started": started, "seconds": seconds, "runs_trained": trained})
-    write_text(path, json.dumps(data, indent=1) + "\n")
+    write_json(path, data)
     return data
 
 
@@ -286,6 +286,7 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
     from gbw.analysis.report import load_run, run_figures
     from gbw.analysis.stats import fmt_interval, fmt_mean_std, mean_std
     from gbw.data.classes import CITYSCAPES_CLASSES as NAMES
+    from gbw.fileio import write_text
     from gbw.sweep.report import (
         CI_RULE,
         analyse,
@@ -531,5 +532,5 @@ def write_study(out: Path, plan: StudyPlan, wall: dict[str, Any]) -> Path:
         "sweep.csv, sweep.json.",
     ]
     path = out / "study.md"
-    path.write_text("\n".join(x for x in lines if x is not None) + "\n")
+    write_text(path, "\n".join(x for x in lines if x is not None) + "\n")
     return path
